@@ -1,0 +1,42 @@
+"""The env protocol every simulator implements, and the observation it returns.
+
+Images are upright (any simulator-specific flip is undone inside the env), uint8 HxWx3.
+Actions follow the LIBERO convention: 7-dim delta end-effector position (3) + delta axis-angle
+rotation (3) + gripper (-1 open, +1 close), each in [-1, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Observation:
+    images: dict[str, np.ndarray]  # camera name -> (H, W, 3) uint8, upright
+    state: np.ndarray  # (state_dim,) float32 proprio
+    instruction: str
+
+
+@dataclass(frozen=True)
+class StepResult:
+    observation: Observation
+    reward: float
+    done: bool  # task success (LIBERO: the env's done signal)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Env(Protocol):
+    task_name: str
+    instruction: str
+    max_steps: int
+    action_dim: int
+    camera_names: tuple[str, ...]
+
+    def reset(self, init_state_index: int | None = None) -> Observation:
+        """Reset to a fixed init state (if given), run the settling no-op steps, return the first obs."""
+
+    def step(self, action: np.ndarray) -> StepResult: ...
+
+    def close(self) -> None: ...

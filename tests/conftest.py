@@ -1,0 +1,48 @@
+"""Shared fixtures: a small LeRobot dataset built here (no downloads), torch on one thread."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)  # 2 cores: keep tests from oversubscribing them
+
+
+def write_synthetic_dataset(root, episodes=3, frames=20, image_size=32, action_dim=7, state_dim=8,
+                            use_videos=False, seed=0, task="pick up the bowl", nan_at=None):
+    """A LIBERO-layout LeRobot dataset whose actions are a smooth function of the state."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from vla.data.features import ACTION_KEY, STATE_KEY, libero_features
+
+    features = libero_features(image_size, use_videos=use_videos)
+    features[ACTION_KEY]["shape"] = (action_dim,)
+    features[STATE_KEY]["shape"] = (state_dim,)
+    ds = LeRobotDataset.create(repo_id="test/synthetic", fps=20, root=root, features=features,
+                               robot_type="panda", use_videos=use_videos)
+    rng = np.random.default_rng(seed)
+    for ep in range(episodes):
+        state = rng.uniform(-1, 1, state_dim).astype(np.float32)
+        for t in range(frames):
+            action = np.tanh(np.resize(state, action_dim) * 2).astype(np.float32)
+            action[-1] = 1.0 if t > frames // 2 else -1.0
+            if nan_at is not None and (ep, t) == nan_at:
+                action[0] = np.nan
+            img = np.full((image_size, image_size, 3), int(128 + 100 * state[0]), dtype=np.uint8)
+            frame = {k: img for k in (features.keys()) if k.startswith("observation.images")}
+            frame.update({STATE_KEY: state.copy(), ACTION_KEY: action, "task": task})
+            ds.add_frame(frame)
+            state = (state + 0.05 * rng.standard_normal(state_dim)).astype(np.float32)
+        ds.save_episode()
+    ds.finalize()
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")

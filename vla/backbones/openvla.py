@@ -1,0 +1,61 @@
+"""The real OpenVLA checkpoint (`openvla/openvla-7b`): Prismatic fused DINOv2 + SigLIP vision
+backbone, MLP projector, Llama-2 7B decoder. Loaded with transformers' trust_remote_code classes
+(the checkpoint ships its own modeling code); needs internet for the weights and a GPU to be useful.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vla.backbones.base import Backbone
+from vla.backbones.hf_vlm import _dtype, _hf_tokenizer
+
+
+class OpenVLABackbone(Backbone):
+    prefix_bidirectional = False  # Llama is causal over the prefix
+    image_mean = (0.5, 0.5, 0.5)  # unused: each fused vision backbone has its own (see embed_images)
+    image_std = (0.5, 0.5, 0.5)
+
+    def __init__(self, model: nn.Module, means: list, stds: list, image_size: int, tokenizer):
+        super().__init__()
+        self.model = model
+        self.means, self.stds = means, stds
+        lm_cfg = model.language_model.config
+        self.hidden_size = lm_cfg.hidden_size
+        self.vocab_size = lm_cfg.vocab_size
+        self.image_size = image_size
+        self.tokens_per_image = model.vision_backbone.get_num_patches()
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def pretrained(cls, name: str, dtype: str) -> "OpenVLABackbone":
+        from transformers import AutoImageProcessor, AutoModelForVision2Seq
+
+        model = AutoModelForVision2Seq.from_pretrained(name, trust_remote_code=True, torch_dtype=_dtype(dtype))
+        proc = AutoImageProcessor.from_pretrained(name, trust_remote_code=True)
+        size = int(proc.input_sizes[0][-1])
+        tokenizer = _hf_tokenizer(name, model.language_model.config.vocab_size)
+        return cls(model, list(proc.means), list(proc.stds), size, tokenizer)
+
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        b, c = pixels.shape[:2]
+        flat = pixels.flatten(0, 1)
+        # the fused backbone takes DINOv2 and SigLIP inputs stacked on the channel axis, each
+        # normalized with its own statistics (as PrismaticImageProcessor does)
+        parts = []
+        for mean, std in zip(self.means, self.stds):
+            m = torch.tensor(mean, dtype=flat.dtype, device=flat.device).view(3, 1, 1)
+            s = torch.tensor(std, dtype=flat.dtype, device=flat.device).view(3, 1, 1)
+            parts.append((flat - m) / s)
+        patches = self.model.vision_backbone(torch.cat(parts, dim=1).to(self.model.dtype))
+        feats = self.model.projector(patches)
+        return feats.reshape(b, c * feats.shape[1], feats.shape[2])
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.language_model.get_input_embeddings()(ids)
+
+    def decoder(self) -> nn.Module:
+        return self.model.language_model.model
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.language_model.lm_head(hidden)

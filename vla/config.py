@@ -1,0 +1,217 @@
+"""Typed experiment configuration: dataclasses, YAML files and `a.b=value` overrides.
+
+Resolution order (later wins): dataclass defaults -> policy recipe -> sim YAML -> --config YAML ->
+command-line overrides. Every key is checked against the dataclasses; an unknown key is an error
+that lists the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "tiny_paligemma"  # preset name, see vla.backbones.registry
+    pretrained: str | None = None  # HF repo id or local dir; None = random weights from the preset's config
+    image_size: int = 64  # model input resolution (square)
+    freeze_vision: bool = False
+    lora_rank: int = 0  # 0 = full fine-tuning; >0 wraps the language model with peft LoRA
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    gradient_checkpointing: bool = False
+    dtype: str = "float32"  # weights dtype when loading pretrained: float32 | bfloat16
+
+
+@dataclass
+class HeadConfig:
+    type: str = "oft"  # oft | tokenized
+    chunk_size: int = 8
+    action_dim: int = 7
+    hidden_dim: int = 256  # width of the regression MLP (oft)
+    num_bins: int = 256  # tokenized: uniform bins on [-1, 1]
+
+
+@dataclass
+class NormConfig:
+    action: str = "q01_q99"  # q01_q99 | mean_std | identity
+    state: str = "q01_q99"
+    # action dims kept as they are (the gripper, already in {-1, +1}), as OpenVLA-OFT does
+    action_skip_dims: list[int] = field(default_factory=lambda: [6])
+
+
+@dataclass
+class PromptConfig:
+    template: str = "In: What action should the robot take to {instruction}?\nOut:"
+    max_tokens: int = 64
+
+
+@dataclass
+class DataConfig:
+    dataset: str | None = None  # local dataset dir or Hub repo id; None = generate demos (see DemoConfig)
+    cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
+    use_state: bool = True
+    cache_in_memory: bool = True  # decode every frame once; right for small datasets
+    augment_shift: int = 4  # random-shift augmentation in pixels at model resolution (0 = off)
+
+
+@dataclass
+class DemoConfig:
+    suite: str = "libero_spatial"
+    tasks: list[int] = field(default_factory=lambda: [0])
+    episodes_per_task: int = 20
+    image_size: int = 128  # render resolution
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    log_every: int = 20
+    save_every: int = 500
+    keep_last: int = 2
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    torch_threads: int = 0  # 0 = leave torch's default
+    tensorboard: bool = False
+    wandb: bool = False
+    resume: bool = True  # continue from the last checkpoint in output_dir when there is one
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 20  # init states 0..episodes-1
+    replan_steps: int = 8  # actions executed open-loop from each chunk
+    max_steps: int | None = None  # None = the suite's standard value
+    seed: int = 7
+    enabled: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    policy: str = "openvla_oft"
+    sim: str = "libero"
+    output_dir: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    demos: DemoConfig = field(default_factory=DemoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the dataclasses."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check/convert a YAML value to the annotated type, with an error naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: {value!r} does not fit type {tp}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {sorted(_field_types(tp))}, got {value!r}")
+        return merge(tp(), value, path)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    return value
+
+
+def merge(obj: Any, updates: dict[str, Any], path: str = "") -> Any:
+    """Return a copy of dataclass `obj` with `updates` (a nested dict) applied."""
+    types_ = _field_types(type(obj))
+    changes = {}
+    for key, value in updates.items():
+        full = f"{path}.{key}" if path else key
+        if key not in types_:
+            raise ConfigError(f"unknown config key '{full}'; valid keys here: {', '.join(sorted(types_))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[key] = merge(current, value, full)
+        else:
+            changes[key] = _coerce(value, types_[key], full)
+    return dataclasses.replace(obj, **changes)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['train.steps=10', 'data.cameras=[agentview]'] -> nested dict; values parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    return merge(ExperimentConfig(), data)
+
+
+def save_json(cfg: Any, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(cfg), indent=2))

@@ -1,0 +1,1 @@
+"""Datasets in LeRobot format: reading, writing, statistics."""

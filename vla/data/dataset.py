@@ -1,0 +1,195 @@
+"""Reading LeRobot-format datasets through the lerobot library.
+
+`open_dataset` takes a local dataset directory or a Hub repo id (downloaded by lerobot when there
+is internet), `validate_dataset` checks keys/shapes against the policy before any training starts,
+and `FrameCache` decodes every frame once into memory at model resolution (right for the small
+datasets of a CPU run; `StreamingFrames` reads through lerobot on every access for large ones).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vla.data.features import ACTION_KEY, CAMERA_TO_KEY, STATE_KEY
+from vla.normalize import compute_stats
+
+
+class DatasetError(ValueError):
+    """A dataset that does not match what the policy expects."""
+
+
+def open_dataset(source: str, chunk_size: int | None = None):
+    """LeRobotDataset from a local directory (with meta/info.json) or a Hub repo id."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    path = Path(source).expanduser()
+    delta = None
+    if chunk_size is not None:
+        # fps is read from the metadata first so the time window matches the dataset's rate
+        from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+        meta = LeRobotDatasetMetadata(path.name, root=path) if path.is_dir() else LeRobotDatasetMetadata(source)
+        delta = {ACTION_KEY: [i / meta.fps for i in range(chunk_size)]}
+    if path.exists():
+        if not (path / "meta" / "info.json").is_file():
+            raise DatasetError(f"{path} is not a LeRobot dataset (no meta/info.json)")
+        return LeRobotDataset(path.name, root=path, delta_timestamps=delta)
+    return LeRobotDataset(source, delta_timestamps=delta)
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    camera_keys: tuple[str, ...]
+    state_dim: int
+    action_dim: int
+
+
+def validate_dataset(ds, cameras: list[str], action_dim: int, use_state: bool) -> DatasetLayout:
+    """Check the features the policy needs; every problem found is listed in one error."""
+    features = ds.meta.features
+    problems = []
+    camera_keys = []
+    for cam in cameras:
+        key = CAMERA_TO_KEY.get(cam, cam)
+        camera_keys.append(key)
+        if key not in features:
+            problems.append(f"camera '{cam}' needs key '{key}'")
+    if ACTION_KEY not in features:
+        problems.append(f"missing '{ACTION_KEY}'")
+    elif tuple(features[ACTION_KEY]["shape"]) != (action_dim,):
+        problems.append(f"'{ACTION_KEY}' has shape {tuple(features[ACTION_KEY]['shape'])}, the policy expects ({action_dim},)")
+    state_dim = 0
+    if use_state:
+        if STATE_KEY not in features:
+            problems.append(f"missing '{STATE_KEY}' (set data.use_state=false to train without proprio)")
+        else:
+            state_dim = int(np.prod(features[STATE_KEY]["shape"]))
+    if problems:
+        raise DatasetError(f"dataset {ds.root}: " + "; ".join(problems) + f". It has keys: {sorted(features)}")
+    return DatasetLayout(tuple(camera_keys), state_dim, action_dim)
+
+
+def _column(ds, key: str) -> np.ndarray:
+    return np.stack(ds.hf_dataset.with_format("numpy")[key]).astype(np.float32)
+
+
+def dataset_stats(ds, use_state: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Statistics from the raw columns (not lerobot's stats.json: we check them for NaNs ourselves)."""
+    stats = {"action": compute_stats(_column(ds, ACTION_KEY), ACTION_KEY)}
+    if use_state:
+        stats["state"] = compute_stats(_column(ds, STATE_KEY), STATE_KEY)
+    return stats
+
+
+def action_chunks(actions: np.ndarray, episode: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, A) per-frame actions -> (N, chunk, A) windows that stop at the episode end, plus a pad
+    mask; past the end the last action is repeated and marked as padding (as lerobot does)."""
+    n = len(actions)
+    idx = np.arange(n)[:, None] + np.arange(chunk)[None]
+    ends = np.zeros(n, dtype=np.int64)
+    for ep in np.unique(episode):
+        rows = np.nonzero(episode == ep)[0]
+        ends[rows] = rows.max()
+    pad = idx > ends[:, None]
+    idx = np.minimum(idx, ends[:, None])
+    return actions[idx], pad
+
+
+class FrameCache:
+    """Every frame decoded once: uint8 images at model resolution, raw state, action chunks."""
+
+    def __init__(self, ds, layout: DatasetLayout, chunk_size: int, image_size: int, num_workers: int = 0):
+        n = ds.num_frames
+        self.images = torch.zeros((n, len(layout.camera_keys), image_size, image_size, 3), dtype=torch.uint8)
+        frames = _plain_frames(ds)
+        loader = torch.utils.data.DataLoader(frames, batch_size=32, num_workers=num_workers, collate_fn=_collate_images(layout.camera_keys))
+        i = 0
+        for imgs in loader:  # (b, cams, 3, H, W) float in [0, 1]
+            b = imgs.shape[0]
+            flat = imgs.flatten(0, 1)
+            if flat.shape[-1] != image_size or flat.shape[-2] != image_size:
+                flat = F.interpolate(flat, size=(image_size, image_size), mode="bilinear", antialias=True)
+            u8 = (flat.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+            self.images[i:i + b] = u8.reshape(b, len(layout.camera_keys), image_size, image_size, 3)
+            i += b
+        episode = np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"])
+        acts, pad = action_chunks(_column(ds, ACTION_KEY), episode, chunk_size)
+        bad = ~np.isfinite(acts)
+        if bad.any():
+            raise DatasetError(f"'{ACTION_KEY}' holds NaN/inf values (frame {int(np.argwhere(bad)[0, 0])})")
+        self.actions = torch.from_numpy(acts)
+        self.action_pad = torch.from_numpy(pad)
+        self.state = torch.from_numpy(_column(ds, STATE_KEY)) if layout.state_dim else torch.zeros(n, 0)
+        task_index = np.asarray(ds.hf_dataset.with_format("numpy")["task_index"]).astype(np.int64)
+        names = {int(row.task_index): name for name, row in ds.meta.tasks.iterrows()}
+        self.tasks = [names[int(t)] for t in task_index]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def batch(self, indices: list[int]) -> dict:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {
+            "images": self.images[idx],
+            "state": self.state[idx],
+            "action": self.actions[idx],
+            "action_pad": self.action_pad[idx],
+            "task": [self.tasks[i] for i in indices],
+        }
+
+
+class _plain_frames(torch.utils.data.Dataset):
+    """The dataset's frames without the action window (images only need the current frame)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+        self.saved_delta = ds.delta_indices
+
+    def __len__(self):
+        return self.ds.num_frames
+
+    def __getitem__(self, i):
+        self.ds.delta_indices = None
+        try:
+            return self.ds[i]
+        finally:
+            self.ds.delta_indices = self.saved_delta
+
+
+def _collate_images(keys):
+    def collate(items):
+        return torch.stack([torch.stack([item[k] for k in keys]) for item in items])
+
+    return collate
+
+
+class EpochSampler:
+    """Shuffled index order per epoch from (seed, epoch); its position is part of the resume state."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if n < batch_size * world:
+            raise DatasetError(f"dataset has {n} frames, fewer than one batch ({batch_size} x {world} ranks)")
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.pos = 0, 0
+
+    def _order(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def next_batch(self) -> list[int]:
+        span = self.batch_size * self.world
+        if self.pos + span > self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+        order = self._order()[self.pos:self.pos + span]
+        self.pos += span
+        return order[self.rank::self.world].tolist()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])

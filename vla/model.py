@@ -1,0 +1,75 @@
+"""Policy = backbone + action head + normalizer + prompt.
+
+Normalization happens here and only here: `loss` takes raw dataset actions/state and `act` returns
+raw env actions, so training and acting cannot disagree about statistics.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from vla.backbones import build_backbone
+from vla.config import ExperimentConfig
+from vla.data.transforms import PromptEncoder, images_to_pixels, random_shift
+from vla.heads import build_head
+from vla.normalize import Normalizer
+from vla.sequence import Prefix
+
+STATE, ACTION = "state", "action"
+
+
+class Policy(nn.Module):
+    def __init__(self, cfg: ExperimentConfig, normalizer: Normalizer, state_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.normalizer = normalizer
+        self.state_dim = state_dim
+        self.backbone = build_backbone(cfg.backbone)
+        self.head = build_head(cfg.head, self.backbone)
+        width = self.backbone.hidden_size
+        # proprio as one extra prefix token, projected into the backbone width (OpenVLA-OFT)
+        self.proprio = (
+            nn.Sequential(nn.Linear(state_dim, width), nn.GELU(), nn.Linear(width, width)) if cfg.data.use_state else None
+        )
+        self.prompts = PromptEncoder(self.backbone.tokenizer, cfg.prompt.template, cfg.prompt.max_tokens)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def build_prefix(
+        self, images: torch.Tensor, state: torch.Tensor, instructions: list[str], generator: torch.Generator | None = None,
+        augment: bool = False,
+    ) -> Prefix:
+        """images uint8 (B, cams, H, W, 3), raw state (B, S), one instruction per row."""
+        dev = self.device
+        pixels = images_to_pixels(images, self.backbone.image_size)
+        if augment:
+            pixels = random_shift(pixels, self.cfg.data.augment_shift, generator)
+        parts = [self.backbone.embed_images(pixels.to(dev))]
+        ids, valid_text = self.prompts(instructions)
+        parts.append(self.backbone.embed_tokens(ids.to(dev)))
+        b = images.shape[0]
+        valid = [torch.ones(b, parts[0].shape[1], dtype=torch.bool), valid_text]
+        if self.proprio is not None:
+            state_n = self.normalizer.normalize(STATE, state.float()).to(dev)
+            parts.append(self.proprio(state_n).unsqueeze(1).to(parts[0].dtype))
+            valid.append(torch.ones(b, 1, dtype=torch.bool))
+        return Prefix(self.backbone, torch.cat(parts, dim=1), torch.cat(valid, dim=1).to(dev))
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None):
+        """BC loss (forward is what DDP wraps)."""
+        return self.loss(batch, generator)
+
+    def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        prefix = self.build_prefix(batch["images"], batch["state"], batch["task"], generator, augment=True)
+        actions = self.normalizer.normalize(ACTION, batch["action"].float()).to(self.device)
+        return self.head.loss(prefix, actions, batch["action_pad"].to(self.device))
+
+    @torch.no_grad()
+    def act(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str]) -> np.ndarray:
+        """Raw env actions (B, chunk, action_dim) for a batch of observations."""
+        prefix = self.build_prefix(images, state, instructions)
+        chunk = self.head.sample(prefix).float().cpu()
+        return self.normalizer.unnormalize(ACTION, chunk).numpy()

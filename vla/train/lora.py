@@ -1,0 +1,26 @@
+"""LoRA through peft, injected into the backbone's language model in place."""
+from __future__ import annotations
+
+from vla.config import BackboneConfig
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def apply_lora(policy, cfg: BackboneConfig) -> None:
+    """With lora_rank > 0: add LoRA adapters to the decoder and freeze the rest of the backbone
+    (the head, proprio projector and adapters train)."""
+    if cfg.lora_rank <= 0:
+        return
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=LORA_TARGETS)
+    inject_adapter_in_model(lora, policy.backbone.decoder())
+    for name, param in policy.backbone.named_parameters():
+        param.requires_grad = "lora_" in name
+
+
+def freeze_vision(policy) -> None:
+    decoder_params = {id(p) for p in policy.backbone.decoder().parameters()}
+    for param in policy.backbone.parameters():
+        if id(param) not in decoder_params:
+            param.requires_grad = False

@@ -1,0 +1,211 @@
+"""Behaviour-cloning trainer: AdamW + warmup/cosine, gradient accumulation, LoRA or full
+fine-tuning, bf16 autocast and gradient checkpointing on GPU, exact resume, torchrun DDP.
+
+The same entry point runs on one CPU and under `torchrun --nproc_per_node N`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from vla.checkpoint import latest_checkpoint, load_training_state, norm_specs, save_training_checkpoint
+from vla.config import ExperimentConfig, to_yaml
+from vla.data.dataset import EpochSampler, FrameCache, dataset_stats, open_dataset, validate_dataset
+from vla.model import Policy
+from vla.normalize import Normalizer
+from vla.train.lora import apply_lora, freeze_vision
+from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), world)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision '{precision}' is unknown; valid: auto, fp32, bf16")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+class Logger:
+    """TensorBoard / W&B when asked for, plus a JSON-lines log that is always written."""
+
+    def __init__(self, cfg: ExperimentConfig, out: Path, enabled: bool):
+        self.enabled = enabled
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        self.jsonl = (out / "train_log.jsonl").open("a")
+        if cfg.train.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        if cfg.train.wandb:
+            try:
+                import wandb
+            except ImportError as err:
+                raise RuntimeError("train.wandb=true needs the wandb package: pip install wandb") from err
+            self.wandb = wandb.init(project="vla", dir=str(out), config=json.loads(json.dumps(cfg.__dict__, default=str)))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        if self.tb:
+            for k, v in values.items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+        if self.wandb:
+            self.wandb.log(values, step=step)
+
+
+def build_policy_for_training(cfg: ExperimentConfig, ds) -> tuple[Policy, object]:
+    layout = validate_dataset(ds, cfg.data.cameras, cfg.head.action_dim, cfg.data.use_state)
+    stats = dataset_stats(ds, cfg.data.use_state)
+    policy = Policy(cfg, Normalizer(stats, norm_specs(cfg)), layout.state_dim)
+    apply_lora(policy, cfg.backbone)
+    if cfg.backbone.freeze_vision:
+        freeze_vision(policy)
+    if cfg.backbone.gradient_checkpointing:
+        policy.backbone.decoder().gradient_checkpointing_enable()
+    return policy, layout
+
+
+def train(cfg: ExperimentConfig, dataset: str) -> Path:
+    """Train to cfg.train.steps (resuming from the last checkpoint if any); returns the last checkpoint."""
+    if cfg.train.torch_threads > 0:
+        torch.set_num_threads(cfg.train.torch_threads)
+    device = pick_device(cfg.device)
+    ddp = setup_distributed(device)
+    out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+        print(f"resolved config:\n{to_yaml(cfg)}", flush=True)
+
+    torch.manual_seed(cfg.train.seed)
+    ds = open_dataset(dataset, cfg.head.chunk_size)
+    policy, layout = build_policy_for_training(cfg, ds)
+    policy.to(device)
+    frames = FrameCache(ds, layout, cfg.head.chunk_size, policy.backbone.image_size)
+    sampler = EpochSampler(len(frames), cfg.train.batch_size, cfg.train.seed, ddp.rank, ddp.world)
+    aug_gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + ddp.rank)
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.train.warmup_steps, cfg.train.steps)
+    step = 0
+    resume_from = latest_checkpoint(ckpt_root) if cfg.train.resume else None
+    if resume_from is not None:
+        step = _restore(resume_from, policy, optimizer, scheduler, sampler, aug_gen)
+        if ddp.main:
+            print(f"resumed from {resume_from} at step {step}", flush=True)
+    model = torch.nn.parallel.DistributedDataParallel(policy) if ddp.world > 1 else policy
+    amp = autocast_dtype(cfg.train.precision, device)
+    logger = Logger(cfg, out, ddp.main)
+    n_params = sum(p.numel() for p in policy.parameters())
+    n_train = sum(p.numel() for p in params)
+    if ddp.main:
+        print(f"policy: {n_params:,} parameters ({n_train:,} trainable); {len(frames)} frames; device {device}", flush=True)
+
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=not ddp.main, dynamic_ncols=True)
+    last = latest_checkpoint(ckpt_root) if step else None
+    tic, seen = time.perf_counter(), 0
+    while step < cfg.train.steps:
+        policy.train()
+        optimizer.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for _ in range(cfg.train.grad_accum):
+            batch = frames.batch(sampler.next_batch())
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss, part = model(batch, aug_gen)
+            (loss / cfg.train.grad_accum).backward()
+            for k, v in part.items():
+                logs[k] = logs.get(k, 0.0) + v / cfg.train.grad_accum
+            seen += len(batch["task"]) * ddp.world
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+        if not math.isfinite(float(grad_norm)):
+            raise FloatingPointError(f"non-finite gradient norm at step {step + 1}; lower train.lr or check the data")
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            rate = seen / max(time.perf_counter() - tic, 1e-9)
+            logs.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), samples_per_s=rate)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
+            logger.log(step, logs)
+            tic, seen = time.perf_counter(), 0
+        if ddp.main and (step % cfg.train.save_every == 0 or step == cfg.train.steps):
+            last = _save(ckpt_root, step, policy, optimizer, scheduler, sampler, aug_gen, cfg.train.keep_last)
+        if ddp.world > 1:
+            dist.barrier()
+    bar.close()
+    if ddp.world > 1:
+        dist.destroy_process_group()
+    return last if last is not None else latest_checkpoint(ckpt_root)
+
+
+def _save(root, step, policy, optimizer, scheduler, sampler, aug_gen, keep_last) -> Path:
+    tensors, opt_meta = optimizer_to_tensors(optimizer)
+    tensors["rng/torch"] = torch.get_rng_state()
+    tensors["rng/augment"] = aug_gen.get_state()
+    if torch.cuda.is_available():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    state = {"step": step, "optimizer": opt_meta, "scheduler": sched, "sampler": sampler.state_dict()}
+    return save_training_checkpoint(root, step, policy, tensors, state, keep_last)
+
+
+def _restore(directory: Path, policy, optimizer, scheduler, sampler, aug_gen) -> int:
+    from safetensors.torch import load_model
+
+    missing, unexpected = load_model(policy, str(directory / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"cannot resume from {directory}: weights do not match the model ({missing[:3]}, {unexpected[:3]})")
+    tensors, state = load_training_state(directory)
+    optimizer_from_tensors(optimizer, tensors, state["optimizer"])
+    scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
+    sampler.load_state_dict(state["sampler"])
+    torch.set_rng_state(tensors["rng/torch"])
+    aug_gen.set_state(tensors["rng/augment"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
+    return int(state["step"])
