@@ -68,6 +68,7 @@ class DemoConfig:
     tasks: list[int] = field(default_factory=lambda: [0])
     episodes_per_task: int = 20
     image_size: int = 128  # render resolution
+    root: str = "runs/demos"  # generated datasets are cached here, one folder per (suite, tasks, count, size)
 
 
 @dataclass

@@ -1,0 +1,44 @@
+# Everything a user runs. Variables: POLICY, SIM, ARGS (key=value config overrides), CONFIG, CKPT.
+POLICY ?= openvla_oft
+SIM ?= libero
+ARGS ?=
+CONFIG ?=
+CKPT ?=
+PY := .venv/bin/python
+VLA := $(PY) -m vla.cli
+CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
+export MUJOCO_GL ?= egl
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install finetune train demos eval config test test-unit bench clean
+
+install:
+	bash scripts/install.sh
+
+finetune:
+	$(VLA) finetune --policy $(POLICY) --sim $(SIM) $(CONFIG_FLAG) $(ARGS)
+
+train:
+	$(VLA) train --policy $(POLICY) --sim $(SIM) $(CONFIG_FLAG) $(ARGS)
+
+demos:
+	$(VLA) demos --policy $(POLICY) --sim $(SIM) $(CONFIG_FLAG) $(ARGS)
+
+config:
+	$(VLA) config --policy $(POLICY) --sim $(SIM) $(CONFIG_FLAG) $(ARGS)
+
+eval:
+	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=<checkpoint dir>"; exit 2)
+	$(VLA) eval --ckpt $(CKPT) $(ARGS)
+
+test:
+	$(PY) -m pytest -q
+
+test-unit:
+	$(PY) -m pytest -q -m "not integration"
+
+bench:
+	$(VLA) bench --out bench_results $(ARGS)
+
+clean:
+	rm -rf runs bench_results .pytest_cache

@@ -1,0 +1,1 @@
+"""Real-robot deployment (Franka without ROS): robot protocol, safety layer, daemon. See issue 7."""

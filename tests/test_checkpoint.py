@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+
+from vla.checkpoint import CheckpointError, load_policy, norm_specs, save_policy
+from vla.config import ExperimentConfig, merge
+from vla.model import Policy
+from vla.normalize import Normalizer, compute_stats
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    cfg = merge(ExperimentConfig(), {"backbone": {"image_size": 32}})
+    rng = np.random.default_rng(0)
+    stats = {"action": compute_stats(rng.normal(size=(100, 7)), "action"), "state": compute_stats(rng.normal(size=(100, 8)), "state")}
+    return Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval()
+
+
+def _obs():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 255, (2, 2, 48, 48, 3), dtype=torch.uint8, generator=g), torch.randn(2, 8, generator=g)
+
+
+def test_roundtrip_gives_identical_actions(policy, tmp_path):
+    save_policy(policy, tmp_path / "ck")
+    loaded = load_policy(tmp_path / "ck")
+    images, state = _obs()
+    a = policy.act(images, state, ["put the bowl on the plate"] * 2)
+    b = loaded.act(images, state, ["put the bowl on the plate"] * 2)
+    assert a.shape == (2, 8, 7) and np.array_equal(a, b)
+    assert not list(tmp_path.glob("ck/*.pt")) and not list(tmp_path.glob("ck/*.pkl"))
+
+
+@pytest.mark.parametrize("victim,garbage,match", [
+    ("model.safetensors", b"\x00garbage", "corrupt weights file"),
+    ("norm_stats.safetensors", b"nope", "normalization stats"),
+    ("config.json", b"{not json", "corrupt checkpoint file"),
+])
+def test_corrupt_checkpoint_is_named(policy, tmp_path, victim, garbage, match):
+    save_policy(policy, tmp_path / "ck")
+    (tmp_path / "ck" / victim).write_bytes(garbage)
+    with pytest.raises(CheckpointError, match=match):
+        load_policy(tmp_path / "ck")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_policy(tmp_path / "nothing")
+    save_policy_dir = tmp_path / "half"
+    save_policy_dir.mkdir()
+    with pytest.raises(CheckpointError, match="missing config.json"):
+        load_policy(save_policy_dir)

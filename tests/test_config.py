@@ -1,0 +1,39 @@
+import pytest
+
+from vla.config import ConfigError, ExperimentConfig, from_dict, merge, parse_overrides, to_dict
+from vla.experiment import resolve_config
+
+
+def test_overrides_parse_nested_yaml_values():
+    assert parse_overrides(["train.steps=10", "data.cameras=[agentview]", "backbone.pretrained=null"]) == {
+        "train": {"steps": 10}, "data": {"cameras": ["agentview"]}, "backbone": {"pretrained": None}}
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="unknown config key 'train.stepz'.*steps"):
+        merge(ExperimentConfig(), {"train": {"stepz": 1}})
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match="train.steps: expected an integer"):
+        merge(ExperimentConfig(), {"train": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="eval.enabled: expected true/false"):
+        merge(ExperimentConfig(), {"eval": {"enabled": "yes"}})
+
+
+def test_int_is_accepted_for_float_and_roundtrip():
+    cfg = merge(ExperimentConfig(), {"train": {"lr": 1}})
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_recipe_then_sim_then_overrides():
+    cfg = resolve_config("openvla", "libero", overrides=["train.steps=7"])
+    assert cfg.head.type == "tokenized" and cfg.demos.suite == "libero_spatial" and cfg.train.steps == 7
+
+
+def test_unknown_policy_and_sim_list_valid_ones():
+    with pytest.raises(ValueError, match="valid policies: .*openvla_oft"):
+        resolve_config("nope", "libero")
+    with pytest.raises(ValueError, match="valid simulators: libero"):
+        resolve_config("openvla_oft", "gazebo")

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from conftest import write_synthetic_dataset
+from vla.data.dataset import DatasetError, EpochSampler, FrameCache, action_chunks, dataset_stats, open_dataset, validate_dataset
+
+
+def test_action_chunks_stop_at_episode_end_with_padding():
+    actions = np.arange(10, dtype=np.float32)[:, None]
+    episode = np.array([0] * 4 + [1] * 6)
+    chunks, pad = action_chunks(actions, episode, 3)
+    assert chunks[2, :, 0].tolist() == [2, 3, 3] and pad[2].tolist() == [False, False, True]
+    assert chunks[4, :, 0].tolist() == [4, 5, 6] and not pad[4].any()
+
+
+def test_synthetic_dataset_reads_through_lerobot(synthetic_dataset):
+    ds = open_dataset(str(synthetic_dataset), chunk_size=8)
+    layout = validate_dataset(ds, ["agentview", "wrist"], 7, use_state=True)
+    assert layout.state_dim == 8
+    frames = FrameCache(ds, layout, 8, image_size=16)
+    batch = frames.batch([0, 19, 20])
+    assert batch["images"].shape == (3, 2, 16, 16, 3) and batch["action"].shape == (3, 8, 7)
+    assert batch["action_pad"][1].tolist() == [False] + [True] * 7  # last frame of episode 0
+    assert batch["task"] == ["pick up the bowl"] * 3
+    # lerobot's own action window agrees with ours
+    item = ds[19]
+    assert np.allclose(item["action"].numpy(), batch["action"][1].numpy())
+    assert item["action_is_pad"].tolist() == batch["action_pad"][1].tolist()
+
+
+def test_wrong_action_dim_and_missing_keys_are_named(synthetic_dataset):
+    ds = open_dataset(str(synthetic_dataset))
+    with pytest.raises(DatasetError, match=r"'action' has shape \(7,\), the policy expects \(6,\)"):
+        validate_dataset(ds, ["agentview"], 6, use_state=True)
+    with pytest.raises(DatasetError, match="camera 'front' needs key 'front'"):
+        validate_dataset(ds, ["front"], 7, use_state=True)
+
+
+def test_nan_actions_are_rejected(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "nan", episodes=1, frames=6, nan_at=(0, 3))
+    ds = open_dataset(str(root))
+    with pytest.raises(ValueError, match="'action': 1 NaN/inf values \\(first at frame 3\\)"):
+        dataset_stats(ds, use_state=True)
+
+
+def test_not_a_dataset_dir(tmp_path):
+    with pytest.raises(DatasetError, match="not a LeRobot dataset"):
+        open_dataset(str(tmp_path))
+
+
+def test_sampler_is_deterministic_and_resumable():
+    a = EpochSampler(10, 4, seed=3)
+    seq = [a.next_batch() for _ in range(5)]
+    b = EpochSampler(10, 4, seed=3)
+    b.next_batch(), b.next_batch()
+    c = EpochSampler(10, 4, seed=3)
+    c.load_state_dict(b.state_dict())
+    assert [c.next_batch() for _ in range(3)] == seq[2:]
+    with pytest.raises(DatasetError, match="fewer than one batch"):
+        EpochSampler(3, 4, seed=0)

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+
+from vla.normalize import KeySpec, Normalizer, compute_stats
+
+
+def _norm(mode="q01_q99", skip=()):
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, size=(1000, 4))
+    return Normalizer({"action": compute_stats(data, "action")}, {"action": KeySpec(mode, tuple(skip))}), data
+
+
+@pytest.mark.parametrize("mode", ["q01_q99", "mean_std"])
+def test_roundtrip_inside_bounds(mode):
+    norm, data = _norm(mode)
+    x = torch.tensor(np.clip(data[:50], norm.stats["action"]["q01"], norm.stats["action"]["q99"]), dtype=torch.float32)
+    assert torch.allclose(norm.unnormalize("action", norm.normalize("action", x)), x, atol=1e-4)
+
+
+def test_q01_q99_maps_bounds_to_unit_interval_and_skips_gripper():
+    norm, _ = _norm(skip=[3])
+    st = norm.stats["action"]
+    lo = torch.tensor(st["q01"])[None]
+    hi = torch.tensor(st["q99"])[None]
+    assert torch.allclose(norm.normalize("action", lo)[0, :3], torch.full((3,), -1.0), atol=1e-5)
+    assert torch.allclose(norm.normalize("action", hi)[0, :3], torch.ones(3), atol=1e-5)
+    raw = torch.tensor([[0.0, 0.0, 0.0, 0.7]])
+    assert norm.normalize("action", raw)[0, 3] == pytest.approx(0.7)
+
+
+def test_missing_key_is_an_error_not_a_pass_through():
+    norm, _ = _norm()
+    with pytest.raises(KeyError, match="no normalization spec for 'state'"):
+        norm.normalize("state", torch.zeros(1, 8))
+    with pytest.raises(KeyError, match="no normalization statistics for 'state'"):
+        Normalizer(norm.stats, {"state": KeySpec("mean_std")})
+
+
+def test_nan_in_data_and_dim_mismatch_are_errors():
+    data = np.zeros((10, 3))
+    data[4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN/inf values \\(first at frame 4\\)"):
+        compute_stats(data, "action")
+    norm, _ = _norm()
+    with pytest.raises(ValueError, match="has 7 dims but its statistics have 4"):
+        norm.normalize("action", torch.zeros(1, 7))
+
+
+def test_save_load(tmp_path):
+    norm, _ = _norm()
+    norm.save(tmp_path / "s.safetensors")
+    stats = Normalizer.load_stats(tmp_path / "s.safetensors")
+    assert np.allclose(stats["action"]["q99"], norm.stats["action"]["q99"])

@@ -1,0 +1,89 @@
+"""The main job: demos (when no dataset is given) -> behaviour cloning -> evaluation in the sim."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import policies
+import sim
+from vla.config import ExperimentConfig, load_yaml, merge, parse_overrides, to_yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config(policy: str, sim_name: str, config_file: str | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """defaults -> policy recipe -> configs/sims/<sim>.yaml -> --config file -> key=value overrides."""
+    sim.check_sim(sim_name)
+    cfg = merge(ExperimentConfig(), {"policy": policy, "sim": sim_name})
+    cfg = merge(cfg, policies.get_recipe(policy))
+    sim_yaml = CONFIG_DIR / "sims" / f"{sim_name}.yaml"
+    if sim_yaml.is_file():
+        cfg = merge(cfg, load_yaml(sim_yaml))
+    if config_file:
+        cfg = merge(cfg, load_yaml(config_file))
+    return merge(cfg, parse_overrides(overrides or []))
+
+
+def demo_dataset_dir(cfg: ExperimentConfig) -> Path:
+    d = cfg.demos
+    tasks = "-".join(str(t) for t in d.tasks)
+    return Path(d.root) / f"{d.suite}_t{tasks}_n{d.episodes_per_task}_px{d.image_size}"
+
+
+def ensure_demos(cfg: ExperimentConfig) -> Path:
+    """Generate the scripted-expert dataset once; later runs reuse it (a marker file says it is whole)."""
+    root = demo_dataset_dir(cfg)
+    marker = root / "meta" / "demos_summary.json"
+    if marker.is_file():
+        print(f"[demos] reusing {root}", flush=True)
+        return root
+    if root.exists():
+        import shutil
+
+        print(f"[demos] {root} is incomplete (interrupted run); regenerating", flush=True)
+        shutil.rmtree(root)
+    from sim.demos import generate_libero_demos
+
+    summary = generate_libero_demos(cfg.demos.suite, cfg.demos.tasks, cfg.demos.episodes_per_task, root,
+                                    repo_id=f"local/{root.name}", image_size=cfg.demos.image_size)
+    marker.write_text(json.dumps(summary, indent=2, default=str))
+    return root
+
+
+def evaluate_checkpoint(ckpt: Path, tasks: list[int] | None = None, episodes: int | None = None) -> dict:
+    from vla.checkpoint import load_policy
+    from vla.eval.rollout import evaluate, summarize, EpisodeResult
+
+    policy = load_policy(ckpt)
+    cfg = policy.cfg
+    tasks = cfg.demos.tasks if tasks is None else tasks
+    episodes = cfg.eval.episodes if episodes is None else episodes
+    per_task, all_results = {}, []
+    for task in tasks:
+        env = sim.make_env(cfg.sim, cfg.demos.suite, task, cfg.demos.image_size, cfg.eval.max_steps, cfg.eval.seed)
+        try:
+            summary = evaluate(policy, env, episodes, cfg.eval.replan_steps)
+        finally:
+            env.close()
+        per_task[f"{cfg.demos.suite}/{task}"] = summary
+        all_results += [EpisodeResult(**e) for e in summary["episodes_detail"]]
+    report = {"checkpoint": str(ckpt), "suite": cfg.demos.suite, **summarize(all_results), "tasks": per_task}
+    (Path(ckpt) / "eval.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def finetune(cfg: ExperimentConfig) -> dict:
+    from vla.train.trainer import train
+
+    dataset = cfg.data.dataset or str(ensure_demos(cfg))
+    ckpt = train(cfg, dataset)
+    result = {"checkpoint": str(ckpt)}
+    if cfg.eval.enabled:
+        report = evaluate_checkpoint(ckpt)
+        lo, hi = report["ci95"]
+        print(f"[result] success {report['successes']}/{report['episodes']} = {report['success_rate']:.1%} "
+              f"(95% CI {lo:.1%}-{hi:.1%}); written to {Path(ckpt) / 'eval.json'}", flush=True)
+        result.update(report)
+    return result
