@@ -37,3 +37,12 @@ def test_unknown_policy_and_sim_list_valid_ones():
         resolve_config("nope", "libero")
     with pytest.raises(ValueError, match="valid simulators: libero"):
         resolve_config("openvla_oft", "gazebo")
+
+
+def test_word_hash_tokenizer_is_stable_and_below_action_ids():
+    from vla.tokenizer import WordHashTokenizer
+
+    tok = WordHashTokenizer(1024, max_id=767)
+    ids = tok.encode("Pick up the black bowl, then place it on the plate.")
+    assert ids == tok.encode("pick up the black bowl , then place it on the plate .")
+    assert ids[0] == tok.bos_id and max(ids) < 767 and len(ids) == 14

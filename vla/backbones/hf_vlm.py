@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from vla.backbones.base import Backbone
-from vla.tokenizer import ByteTokenizer, HFTokenizer, TextTokenizer
+from vla.tokenizer import HFTokenizer, TextTokenizer, WordHashTokenizer
 
-TINY_VOCAB = 1024  # bytes + specials + 256 action bins at the top, with room to spare
+TINY_VOCAB = 1024  # hashed words below, the image token, and 256 action bins at the top
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -60,7 +60,7 @@ class PaliGemmaBackbone(Backbone):
                                  image_token_index=TINY_VOCAB - 257)
         config.text_config._attn_implementation = "sdpa"
         model = PaliGemmaForConditionalGeneration(config)
-        return cls(model, ByteTokenizer(TINY_VOCAB))
+        return cls(model, WordHashTokenizer(TINY_VOCAB, max_id=TINY_VOCAB - 257))
 
     @classmethod
     def pretrained(cls, name: str, dtype: str) -> "PaliGemmaBackbone":
@@ -117,7 +117,7 @@ class Idefics3Backbone(Backbone):
         config = Idefics3Config(vision_config=vision.to_dict(), text_config=text.to_dict(), scale_factor=2,
                                 image_token_id=TINY_VOCAB - 257)
         model = Idefics3ForConditionalGeneration(config)
-        return cls(model, ByteTokenizer(TINY_VOCAB))
+        return cls(model, WordHashTokenizer(TINY_VOCAB, max_id=TINY_VOCAB - 257))
 
     @classmethod
     def pretrained(cls, name: str, dtype: str) -> "Idefics3Backbone":

@@ -1,0 +1,99 @@
+"""`make bench`: measurements written as a markdown table (bench_results/results.md) + JSON.
+
+Everything in one table is measured in the same run, side by side, so ratios are meaningful on a
+noisy machine. Torch uses a fixed thread count (2) so results do not depend on the default.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _rate(fn, count: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    tic = time.perf_counter()
+    for _ in range(count):
+        fn()
+    return count / (time.perf_counter() - tic)
+
+
+def bench_env_steps(steps: int) -> list[dict]:
+    """One LIBERO env with two 128x128 cameras vs bare robosuite Lift (Panda, OSC_POSE)."""
+    from sim import make_env
+
+    rows = []
+    env = make_env("libero", "libero_spatial", 0, image_size=128)
+    env.reset(0)
+    noop = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+    rows.append({"what": "LIBERO libero_spatial/0, 2 cameras 128x128", "steps_per_s": _rate(lambda: env.step(noop), steps)})
+    env.close()
+
+    import robosuite
+    from robosuite import load_controller_config
+
+    for cams in (("agentview", "robot0_eye_in_hand"), ()):
+        rs = robosuite.make("Lift", robots="Panda", controller_configs=load_controller_config(default_controller="OSC_POSE"),
+                            has_renderer=False, has_offscreen_renderer=bool(cams), use_camera_obs=bool(cams),
+                            camera_names=list(cams) or "agentview", camera_heights=128, camera_widths=128,
+                            horizon=100_000)
+        rs.reset()
+        label = f"robosuite Lift, {len(cams)} cameras" + (" 128x128" if cams else "")
+        rows.append({"what": label, "steps_per_s": _rate(lambda: rs.step(noop), steps)})
+        rs.close()
+    return rows
+
+
+def bench_heads(repeats: int) -> list[dict]:
+    """OFT parallel chunk vs tokenized autoregressive decode on the same tiny backbone and chunk."""
+    from vla.checkpoint import norm_specs
+    from vla.config import ExperimentConfig, merge
+    from vla.model import Policy
+    from vla.normalize import Normalizer, compute_stats
+
+    rng = np.random.default_rng(0)
+    stats = {"action": compute_stats(rng.normal(size=(64, 7)), "action"), "state": compute_stats(rng.normal(size=(64, 8)), "state")}
+    images = torch.randint(0, 255, (1, 2, 128, 128, 3), dtype=torch.uint8)
+    state = torch.zeros(1, 8)
+    instruction = ["pick up the black bowl between the plate and the ramekin and place it on the plate"]
+    rows = []
+    for head in ("oft", "tokenized"):
+        torch.manual_seed(0)
+        cfg = merge(ExperimentConfig(), {"head": {"type": head, "chunk_size": 8}})
+        policy = Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval()
+        chunks_per_s = _rate(lambda: policy.act(images, state, instruction), repeats)
+        rows.append({"what": f"{head} head, tiny_paligemma, chunk 8x7", "ms_per_chunk": 1000 / chunks_per_s,
+                     "actions_per_s": chunks_per_s * cfg.head.chunk_size})
+    rows[0]["speedup_vs_tokenized"] = rows[0]["actions_per_s"] / rows[1]["actions_per_s"]
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run_all(out: Path, quick: bool = False) -> dict:
+    torch.set_num_threads(2)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                    "cuda": torch.cuda.is_available()},
+        "env_steps": bench_env_steps(20 if quick else 200),
+        "heads": bench_heads(2 if quick else 20),
+    }
+    md = ["# Benchmark results", "", f"Machine: {results['machine']}", "",
+          "## Env steps/s (one process)", "", _table(results["env_steps"]), "",
+          "## Action heads: latency per chunk, actions/s (batch 1, CPU, 2 threads)", "", _table(results["heads"]), ""]
+    (out / "results.md").write_text("\n".join(md))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print("\n".join(md))
+    return results
