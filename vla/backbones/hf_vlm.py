@@ -50,7 +50,7 @@ class PaliGemmaBackbone(Backbone):
 
         vision = SiglipVisionConfig(
             hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-            image_size=image_size, patch_size=8, projection_dim=128,
+            image_size=image_size, patch_size=8, projection_dim=128, vision_use_head=False,
         )
         text = GemmaConfig(
             vocab_size=TINY_VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=4,

@@ -137,7 +137,8 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
         step = _restore(resume_from, policy, optimizer, scheduler, sampler, aug_gen)
         if ddp.main:
             print(f"resumed from {resume_from} at step {step}", flush=True)
-    model = torch.nn.parallel.DistributedDataParallel(policy) if ddp.world > 1 else policy
+    # some backbone weights are structurally unused by some heads (an untied lm_head under OFT)
+    model = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=True) if ddp.world > 1 else policy
     amp = autocast_dtype(cfg.train.precision, device)
     logger = Logger(cfg, out, ddp.main)
     n_params = sum(p.numel() for p in policy.parameters())
