@@ -58,3 +58,15 @@ def test_sampler_is_deterministic_and_resumable():
     assert [c.next_batch() for _ in range(3)] == seq[2:]
     with pytest.raises(DatasetError, match="fewer than one batch"):
         EpochSampler(3, 4, seed=0)
+
+
+def test_streaming_frames_equal_cached_frames(synthetic_dataset):
+    from vla.data.dataset import StreamingFrames
+
+    ds = open_dataset(str(synthetic_dataset), chunk_size=8)
+    layout = validate_dataset(ds, ["agentview", "wrist"], 7, use_state=True)
+    cached = FrameCache(ds, layout, 8, image_size=16).batch([3, 19, 41])
+    streamed = StreamingFrames(ds, layout, image_size=16).batch([3, 19, 41])
+    for key in ("images", "state", "action", "action_pad"):
+        assert (cached[key] == streamed[key]).all(), key
+    assert cached["task"] == streamed["task"]

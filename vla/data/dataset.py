@@ -142,6 +142,38 @@ class FrameCache:
         }
 
 
+class StreamingFrames:
+    """Reads each batch through lerobot (video decode per access), for datasets too big to cache.
+    Same `batch()` output as FrameCache; frames are decoded by a small thread pool."""
+
+    def __init__(self, ds, layout: DatasetLayout, image_size: int, threads: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if ds.delta_indices is None:
+            raise DatasetError("streaming needs the dataset opened with an action window (open_dataset(chunk_size=...))")
+        self.ds, self.layout, self.image_size = ds, layout, image_size
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+
+    def __len__(self) -> int:
+        return self.ds.num_frames
+
+    def _frame(self, i: int) -> dict:
+        item = self.ds[i]
+        imgs = torch.stack([item[k] for k in self.layout.camera_keys])  # (cams, 3, H, W) float
+        if imgs.shape[-1] != self.image_size or imgs.shape[-2] != self.image_size:
+            imgs = F.interpolate(imgs, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        u8 = (imgs.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        state = item[STATE_KEY].float() if self.layout.state_dim else torch.zeros(0)
+        return {"images": u8, "state": state, "action": item[ACTION_KEY].float(),
+                "action_pad": item[f"{ACTION_KEY}_is_pad"].bool(), "task": item["task"]}
+
+    def batch(self, indices: list[int]) -> dict:
+        frames = list(self.pool.map(self._frame, indices))
+        out = {k: torch.stack([f[k] for f in frames]) for k in ("images", "state", "action", "action_pad")}
+        out["task"] = [f["task"] for f in frames]
+        return out
+
+
 class _plain_frames(torch.utils.data.Dataset):
     """The dataset's frames without the action window (images only need the current frame)."""
 

@@ -19,7 +19,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from vla.checkpoint import latest_checkpoint, load_training_state, norm_specs, save_training_checkpoint
 from vla.config import ExperimentConfig, to_yaml
-from vla.data.dataset import EpochSampler, FrameCache, dataset_stats, open_dataset, validate_dataset
+from vla.data.dataset import EpochSampler, FrameCache, StreamingFrames, dataset_stats, open_dataset, validate_dataset
 from vla.model import Policy
 from vla.normalize import Normalizer
 from vla.train.lora import apply_lora, freeze_vision
@@ -124,7 +124,10 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
     ds = open_dataset(dataset, cfg.head.chunk_size)
     policy, layout = build_policy_for_training(cfg, ds)
     policy.to(device)
-    frames = FrameCache(ds, layout, cfg.head.chunk_size, policy.backbone.image_size)
+    if cfg.data.cache_in_memory:
+        frames = FrameCache(ds, layout, cfg.head.chunk_size, policy.backbone.image_size)
+    else:
+        frames = StreamingFrames(ds, layout, policy.backbone.image_size)
     sampler = EpochSampler(len(frames), cfg.train.batch_size, cfg.train.seed, ddp.rank, ddp.world)
     aug_gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + ddp.rank)
 
