@@ -93,7 +93,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    episodes: int = 20  # init states 0..episodes-1
+    episodes: int = 20
+    first_init_state: int = 0  # episodes use the task's fixed init states first_init_state, first_init_state+1, ...
     replan_steps: int = 8  # actions executed open-loop from each chunk
     max_steps: int | None = None  # None = the suite's standard value
     seed: int = 7

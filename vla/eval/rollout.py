@@ -61,13 +61,15 @@ def summarize(results: list[EpisodeResult]) -> dict:
     }
 
 
-def evaluate(policy, env: Env, episodes: int, replan_steps: int, out_json: Path | None = None, log=print) -> dict:
-    """Episodes from init states 0..episodes-1; the summary (and every episode) is written as JSON."""
+def evaluate(policy, env: Env, episodes: int, replan_steps: int, first_init_state: int = 0,
+             out_json: Path | None = None, log=print) -> dict:
+    """Episodes from init states first_init_state, +1, ...; the summary (and every episode) is
+    written as JSON."""
     if replan_steps < 1 or replan_steps > policy.cfg.head.chunk_size:
         raise ValueError(f"eval.replan_steps must be in 1..{policy.cfg.head.chunk_size}, got {replan_steps}")
     results = []
     for i in range(episodes):
-        results.append(run_episode(policy, env, i, replan_steps))
+        results.append(run_episode(policy, env, first_init_state + i, replan_steps))
         r = results[-1]
         wins = sum(x.success for x in results)
         log(f"[eval] episode {i + 1}/{episodes} init_state={r.init_state} success={r.success} steps={r.steps} "
