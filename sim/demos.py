@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sim.experts import libero_pick_place as expert
-from sim.libero import LiberoEnv, num_init_states, resolve_task
+from sim.libero import LiberoEnv, list_tasks, num_init_states, resolve_task
 from vla.data.features import ACTION_KEY, CAMERA_TO_KEY, LIBERO_FPS, STATE_KEY, libero_features
 
 
@@ -62,7 +62,7 @@ def generate_libero_demos(
     task_ids = [resolve_task(suite, t) for t in task_ids]
     unsupported = [t for t in task_ids if not expert.supported(suite, t)]
     if unsupported:
-        supported = [t for t in range(len(expert.list_tasks(suite))) if expert.supported(suite, t)]
+        supported = [t for t in range(len(list_tasks(suite))) if expert.supported(suite, t)]
         raise ValueError(f"the expert cannot do {suite} tasks {unsupported}; supported task ids: {supported}")
 
     ds = LeRobotDataset.create(
@@ -99,7 +99,7 @@ def _record_task(ds: Any, suite: str, task_id: int, episodes: int, image_size: i
             if stats["episodes_written"] >= episodes:
                 break
             stats["attempts"] += 1
-            actions = expert.plan_episode(suite, task_id, index, env.max_steps)
+            actions = expert.plan_episode(suite, task_id, index, env.max_steps, seed=env.seed)
             if actions is None:
                 print(f"[demos] {suite} task {task_id} init {index}: expert failed", flush=True)
                 continue

@@ -73,7 +73,7 @@ class DemoConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 3e-4

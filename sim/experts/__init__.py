@@ -1,0 +1,1 @@
+"""Privileged-state scripted experts that generate demonstrations for the simulators in `sim/`."""
