@@ -105,7 +105,7 @@ class FrameCache:
     def __init__(self, ds, layout: DatasetLayout, chunk_size: int, image_size: int, num_workers: int = 0):
         n = ds.num_frames
         self.images = torch.zeros((n, len(layout.camera_keys), image_size, image_size, 3), dtype=torch.uint8)
-        frames = _plain_frames(ds)
+        frames = _CurrentFrameImages(ds)
         loader = torch.utils.data.DataLoader(frames, batch_size=32, num_workers=num_workers, collate_fn=_collate_images(layout.camera_keys))
         i = 0
         for imgs in loader:  # (b, cams, 3, H, W) float in [0, 1]
@@ -174,7 +174,7 @@ class StreamingFrames:
         return out
 
 
-class _plain_frames(torch.utils.data.Dataset):
+class _CurrentFrameImages(torch.utils.data.Dataset):
     """The dataset's frames without the action window (images only need the current frame)."""
 
     def __init__(self, ds):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from vla.checkpoint import latest_checkpoint, load_training_state, norm_specs, save_training_checkpoint
-from vla.config import ExperimentConfig, to_yaml
+from vla.config import ExperimentConfig, to_dict, to_yaml
 from vla.data.dataset import EpochSampler, FrameCache, StreamingFrames, dataset_stats, open_dataset, validate_dataset
 from vla.model import Policy
 from vla.normalize import Normalizer
@@ -81,7 +81,7 @@ class Logger:
                 import wandb
             except ImportError as err:
                 raise RuntimeError("train.wandb=true needs the wandb package: pip install wandb") from err
-            self.wandb = wandb.init(project="vla", dir=str(out), config=json.loads(json.dumps(cfg.__dict__, default=str)))
+            self.wandb = wandb.init(project="vla", dir=str(out), config=to_dict(cfg))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
