@@ -99,6 +99,13 @@ def action_chunks(actions: np.ndarray, episode: np.ndarray, chunk: int) -> tuple
     return actions[idx], pad
 
 
+def _to_uint8_hwc(images: torch.Tensor, size: int) -> torch.Tensor:
+    """lerobot's float (N, 3, H, W) frames in [0, 1] -> uint8 (N, size, size, 3)."""
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 class FrameCache:
     """Every frame decoded once: uint8 images at model resolution, raw state, action chunks."""
 
@@ -110,10 +117,7 @@ class FrameCache:
         i = 0
         for imgs in loader:  # (b, cams, 3, H, W) float in [0, 1]
             b = imgs.shape[0]
-            flat = imgs.flatten(0, 1)
-            if flat.shape[-1] != image_size or flat.shape[-2] != image_size:
-                flat = F.interpolate(flat, size=(image_size, image_size), mode="bilinear", antialias=True)
-            u8 = (flat.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+            u8 = _to_uint8_hwc(imgs.flatten(0, 1), image_size)
             self.images[i:i + b] = u8.reshape(b, len(layout.camera_keys), image_size, image_size, 3)
             i += b
         episode = np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"])
@@ -160,9 +164,7 @@ class StreamingFrames:
     def _frame(self, i: int) -> dict:
         item = self.ds[i]
         imgs = torch.stack([item[k] for k in self.layout.camera_keys])  # (cams, 3, H, W) float
-        if imgs.shape[-1] != self.image_size or imgs.shape[-2] != self.image_size:
-            imgs = F.interpolate(imgs, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
-        u8 = (imgs.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        u8 = _to_uint8_hwc(imgs, self.image_size)
         state = item[STATE_KEY].float() if self.layout.state_dim else torch.zeros(0)
         return {"images": u8, "state": state, "action": item[ACTION_KEY].float(),
                 "action_pad": item[f"{ACTION_KEY}_is_pad"].bool(), "task": item["task"]}
@@ -207,10 +209,13 @@ class EpochSampler:
             raise DatasetError(f"dataset has {n} frames, fewer than one batch ({batch_size} x {world} ranks)")
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.epoch, self.pos = 0, 0
+        self._cached: tuple[int, torch.Tensor] | None = None  # (epoch, permutation): one randperm per epoch
 
     def _order(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=g)
+        if self._cached is None or self._cached[0] != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            self._cached = (self.epoch, torch.randperm(self.n, generator=g))
+        return self._cached[1]
 
     def next_batch(self) -> list[int]:
         span = self.batch_size * self.world
