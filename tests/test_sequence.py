@@ -6,7 +6,7 @@ from vla.config import BackboneConfig
 from vla.sequence import Prefix
 
 
-@pytest.fixture(scope="module", params=["tiny_paligemma", "tiny_smolvlm"])
+@pytest.fixture(scope="module", params=["tiny_paligemma", "tiny_smolvlm", "tiny_qwen2_5_vl"])
 def backbone(request):
     torch.manual_seed(0)
     return build_backbone(BackboneConfig(name=request.param, image_size=32)).eval()

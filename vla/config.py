@@ -31,12 +31,53 @@ class BackboneConfig:
 
 
 @dataclass
+class FlowConfig:
+    """pi0-style flow matching: x_t = t * noise + (1 - t) * actions, the expert regresses noise - actions."""
+
+    steps: int = 10  # Euler steps from t=1 (noise) to t=0 (actions)
+    time_beta: list[float] = field(default_factory=lambda: [1.5, 1.0])  # training t ~ Beta(a, b), pi0's choice
+    rl_noise: str = "sde"  # how RL makes each Euler step a Gaussian: sde (Flow-SDE) | noise (Flow-Noise, learned std)
+    sde_noise_level: float = 0.5  # Flow-SDE: sigma_t = level * sqrt(t / (1 - t))
+    noise_std_range: list[float] = field(default_factory=lambda: [0.08, 0.16])  # Flow-Noise: learned std bounds
+
+
+@dataclass
+class DiffusionConfig:
+    """Denoising with diffusers' schedulers (no schedule is written here)."""
+
+    train_timesteps: int = 100
+    inference_steps: int = 10
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction: str = "epsilon"  # epsilon | sample
+    rl_eta: float = 1.0  # DDIM eta of the stochastic chain RL samples (1 = DDPM-like posterior noise)
+    rl_min_std: float = 0.1  # DPPO's floor on each denoising step's std, keeps log-probs finite
+
+
+@dataclass
+class ResidualConfig:
+    """A Gaussian residual over a frozen base policy (ResiP / policy decorator)."""
+
+    base_type: str = "oft"  # head the base policy uses (any head type except residual)
+    base_checkpoint: str | None = None  # a trained checkpoint to freeze; None = BC trains the base in the same run
+    scale: float = 0.1  # executed action = base + scale * residual (normalized units)
+    init_log_std: float = -1.0
+    hidden_dim: int = 256
+
+
+@dataclass
 class HeadConfig:
-    type: str = "oft"  # oft | tokenized
+    type: str = "oft"  # oft | tokenized | flow | diffusion | residual
     chunk_size: int = 8
     action_dim: int = 7
     hidden_dim: int = 256  # width of the regression MLP (oft)
-    num_bins: int = 256  # tokenized: uniform bins on [-1, 1]
+    num_bins: int = 256  # token outputs: uniform bins on [-1, 1]
+    oft_output: str = "l1"  # oft: l1 (continuous regression) | tokens (bin tokens decoded in parallel)
+    rl_temperature: float = 1.0  # token heads: sampling temperature for RL exploration (and its log-probs)
+    expert_width: int = 0  # flow/diffusion action expert width; 0 = half the backbone width
+    value_head: bool = False  # a critic on the prefix features (PPO)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
 
 
 @dataclass

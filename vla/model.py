@@ -12,7 +12,8 @@ from torch import nn
 from vla.backbones import build_backbone
 from vla.config import ExperimentConfig
 from vla.data.transforms import PromptEncoder, images_to_pixels, random_shift
-from vla.heads import build_head
+from vla.heads import RLSample, build_head
+from vla.heads.value import ValueHead
 from vla.normalize import Normalizer
 from vla.sequence import Prefix
 
@@ -32,6 +33,7 @@ class Policy(nn.Module):
         self.proprio = (
             nn.Sequential(nn.Linear(state_dim, width), nn.GELU(), nn.Linear(width, width)) if cfg.data.use_state else None
         )
+        self.value_head = ValueHead(width) if cfg.head.value_head else None
         self.prompts = PromptEncoder(self.backbone.tokenizer, cfg.prompt.template, cfg.prompt.max_tokens)
 
     @property
@@ -65,11 +67,33 @@ class Policy(nn.Module):
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         prefix = self.build_prefix(batch["images"], batch["state"], batch["task"], generator, augment=True)
         actions = self.normalizer.normalize(ACTION, batch["action"].float()).to(self.device)
-        return self.head.loss(prefix, actions, batch["action_pad"].to(self.device))
+        return self.head.loss(prefix, actions, batch["action_pad"].to(self.device), generator)
 
     @torch.no_grad()
-    def act(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str]) -> np.ndarray:
+    def act(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str],
+            generator: torch.Generator | None = None) -> np.ndarray:
         """Raw env actions (B, chunk, action_dim) for a batch of observations."""
         prefix = self.build_prefix(images, state, instructions)
-        chunk = self.head.sample(prefix).float().cpu()
+        chunk = self.head.sample(prefix, generator).float().cpu()
         return self.normalizer.unnormalize(ACTION, chunk).numpy()
+
+    @torch.no_grad()
+    def act_rl(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str],
+               generator: torch.Generator | None = None) -> tuple[np.ndarray, RLSample, torch.Tensor | None]:
+        """Exploratory raw env actions, the head's RL sample (normalized, with its record) and the
+        critic's value when there is one."""
+        prefix = self.build_prefix(images, state, instructions)
+        sample = self.head.sample_rl(prefix, generator)
+        value = self.value_head(prefix) if self.value_head is not None else None
+        raw = self.normalizer.unnormalize(ACTION, sample.actions.float().cpu()).numpy()
+        return raw, sample, value
+
+    def freeze_base(self) -> None:
+        """Residual policies: freeze the backbone, proprio projector and base head; only the
+        residual (and a critic) stay trainable."""
+        if not hasattr(self.head, "freeze_base"):
+            raise ValueError(f"freeze_base needs a residual head, this policy has {type(self.head).__name__}")
+        self.backbone.requires_grad_(False)
+        if self.proprio is not None:
+            self.proprio.requires_grad_(False)
+        self.head.freeze_base()

@@ -9,7 +9,7 @@ Attention rules, as a boolean "query may see key":
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +32,7 @@ class Prefix:
     backbone: Backbone
     embeds: torch.Tensor  # (B, P, D)
     valid: torch.Tensor  # (B, P) bool, False on padding
+    _encoded: tuple | None = field(default=None, repr=False)
 
     @property
     def length(self) -> int:
@@ -63,20 +64,50 @@ class Prefix:
         return hidden[:, p:]
 
     def run_cached(self):
-        """Run the prefix alone and keep its KV cache (autoregressive decoding, flow sampling)."""
-        mask = additive_mask(self.prefix_allowed(), self.embeds.dtype)
-        _, cache = self.backbone.run(self.embeds, mask, self.positions(), use_cache=True)
-        return cache
+        """Run the prefix alone and keep its KV cache (autoregressive decoding)."""
+        return self.encode(fresh=True)[1]
+
+    def encode(self, fresh: bool = False):
+        """(prefix hidden states (B, P, D), KV cache), computed once per Prefix unless `fresh`.
+        The cache is what a flow/diffusion expert reads at every denoising step; callers that append
+        to it must crop it back (`run_on_cache` does)."""
+        if fresh or self._encoded is None:
+            mask = additive_mask(self.prefix_allowed(), self.embeds.dtype)
+            hidden, cache = self.backbone.run(self.embeds, mask, self.positions(), use_cache=True)
+            if cache is None or cache.get_seq_length() != self.length:
+                raise RuntimeError("the backbone returned no KV cache for the prefix; gradient checkpointing disables "
+                                   "caching, so heads that read a cached prefix (flow, diffusion) cannot use it")
+            if fresh:
+                return hidden, cache
+            self._encoded = (hidden, cache)
+        return self._encoded
+
+    def pooled(self) -> torch.Tensor:
+        """Mean of the prefix's last hidden states over valid tokens (B, D): value and residual heads."""
+        hidden = self.encode()[0].float()
+        keep = self.valid[..., None].float()
+        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+    def run_on_cache(self, run, cache, suffix: torch.Tensor, causal_suffix: bool, past_suffix: int = 0,
+                     keep: bool = False) -> torch.Tensor:
+        """Run `suffix` (B, S, D) through `run` (`Backbone.run`, or an action expert's `run` with the
+        same signature and matching layers) reading the cached prefix and `past_suffix` earlier suffix tokens. The cache is
+        cropped back afterwards unless `keep` (autoregressive decoding keeps what it appends)."""
+        b, s = suffix.shape[:2]
+        dev = suffix.device
+        before = cache.get_seq_length()
+        own = _tri(s, dev) if causal_suffix else torch.ones(s, s, dtype=torch.bool, device=dev)
+        allowed = torch.cat([
+            self.valid[:, None, :].expand(b, s, -1),
+            torch.ones(b, s, past_suffix, dtype=torch.bool, device=dev),
+            own[None].expand(b, s, s),
+        ], dim=2)
+        positions = self.valid.long().sum(-1, keepdim=True) + past_suffix + torch.arange(s, device=dev)[None]
+        hidden, _ = run(suffix, additive_mask(allowed, suffix.dtype), positions, past_key_values=cache, use_cache=True)
+        if not keep:
+            cache.crop(before)
+        return hidden
 
     def step_cached(self, cache, token_embeds: torch.Tensor, step: int) -> torch.Tensor:
         """Append one suffix token (B, 1, D) that sees the valid prefix and earlier suffix tokens."""
-        b = token_embeds.shape[0]
-        dev = token_embeds.device
-        allowed = torch.cat(
-            [self.valid[:, None, :], torch.ones(b, 1, step + 1, dtype=torch.bool, device=dev)], dim=2
-        )
-        positions = self.valid.long().sum(-1, keepdim=True) + step
-        hidden, _ = self.backbone.run(
-            token_embeds, additive_mask(allowed, token_embeds.dtype), positions, past_key_values=cache, use_cache=True
-        )
-        return hidden
+        return self.run_on_cache(self.backbone.run, cache, token_embeds.to(self.embeds.dtype), True, step, keep=True)

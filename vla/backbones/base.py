@@ -53,12 +53,17 @@ class Backbone(nn.Module):
         use_cache: bool = False,
     ):
         """Decoder over `embeds` with an additive (B, 1, Q, K) mask. Returns (hidden, cache)."""
-        out = self.decoder()(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            return_dict=True,
-        )
-        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+        return run_decoder(self.decoder(), embeds, mask, positions, past_key_values, use_cache)
+
+
+def run_decoder(decoder: nn.Module, embeds, mask, positions, past_key_values=None, use_cache: bool = False):
+    """A transformers decoder called on embeddings with our own 4D mask and positions."""
+    out = decoder(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=past_key_values,
+        use_cache=use_cache,
+        return_dict=True,
+    )
+    return out.last_hidden_state, (out.past_key_values if use_cache else None)

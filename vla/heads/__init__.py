@@ -1,20 +1,46 @@
-"""Action heads by name; `head.type` in the config picks one."""
+"""Action heads by name; `head.type` in the config picks one (one file per head)."""
 from __future__ import annotations
 
 from vla.backbones.base import Backbone
 from vla.config import HeadConfig
-from vla.heads.base import ActionHead
+from vla.heads.base import ActionHead, RLSample
 
-HEAD_TYPES = ("oft", "tokenized")
+HEAD_TYPES = ("oft", "tokenized", "flow", "diffusion", "residual")
+
+__all__ = ["HEAD_TYPES", "ActionHead", "RLSample", "build_head"]
 
 
-def build_head(cfg: HeadConfig, backbone: Backbone) -> ActionHead:
-    if cfg.type == "oft":
+def _expert_width(cfg: HeadConfig, backbone: Backbone) -> int:
+    return cfg.expert_width or backbone.hidden_size // 2
+
+
+def build_head(cfg: HeadConfig, backbone: Backbone, _type: str | None = None) -> ActionHead:
+    kind = _type or cfg.type
+    if kind == "oft":
         from vla.heads.oft import OFTHead
 
-        return OFTHead(backbone.hidden_size, cfg.chunk_size, cfg.action_dim, cfg.hidden_dim)
-    if cfg.type == "tokenized":
+        return OFTHead(backbone.hidden_size, cfg.chunk_size, cfg.action_dim, cfg.hidden_dim, cfg.oft_output,
+                       backbone.vocab_size, cfg.num_bins, cfg.rl_temperature)
+    if kind == "tokenized":
         from vla.heads.tokenized import TokenizedHead
 
-        return TokenizedHead(backbone.hidden_size, backbone.vocab_size, cfg.chunk_size, cfg.action_dim, cfg.num_bins)
-    raise ValueError(f"unknown head.type '{cfg.type}'; valid: {', '.join(HEAD_TYPES)}")
+        return TokenizedHead(backbone.hidden_size, backbone.vocab_size, cfg.chunk_size, cfg.action_dim, cfg.num_bins,
+                             cfg.rl_temperature)
+    if kind == "flow":
+        from vla.heads.flow import FlowHead
+
+        return FlowHead(backbone, cfg.chunk_size, cfg.action_dim, _expert_width(cfg, backbone), cfg.flow)
+    if kind == "diffusion":
+        from vla.heads.diffusion import DiffusionHead
+
+        return DiffusionHead(backbone, cfg.chunk_size, cfg.action_dim, _expert_width(cfg, backbone), cfg.diffusion)
+    if kind == "residual" and _type is None:
+        from vla.heads.residual import ResidualHead
+
+        if cfg.residual.base_type == "residual":
+            raise ValueError("head.residual.base_type cannot itself be 'residual'")
+        base = build_head(cfg, backbone, _type=cfg.residual.base_type)
+        return ResidualHead(base, backbone.hidden_size, cfg.residual)
+    valid = HEAD_TYPES if _type is None else tuple(t for t in HEAD_TYPES if t != "residual")
+    field = "head.type" if _type is None else "head.residual.base_type"
+    raise ValueError(f"unknown {field} '{kind}'; valid: {', '.join(valid)}")

@@ -4,13 +4,19 @@
 position ids) are appended to the prefix and attend bidirectionally to each other, so the whole
 chunk comes out of one forward pass. The slots of one time step are concatenated and a residual
 MLP regresses that step's action; training minimizes L1 to the normalized actions.
+
+With `output="tokens"` each slot instead predicts its action bin through the language model head
+(OpenVLA-style bins on the last vocabulary ids), still all in one pass: the discrete, parallel
+variant that RL fine-tunes with per-token log-probs (RLinf's OpenVLA-OFT recipe).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from vla.heads.base import ActionHead, masked_mean
+from vla.heads.base import ActionHead, RLSample, masked_mean
+from vla.heads.tokenized import ActionTokenizer, categorical_sample, token_scores
 from vla.sequence import Prefix
 
 
@@ -30,23 +36,67 @@ class ResidualMLP(nn.Module):
         return self.out(h)
 
 
+OUTPUTS = ("l1", "tokens")
+
+
 class OFTHead(ActionHead):
-    def __init__(self, hidden_size: int, chunk_size: int, action_dim: int, mlp_dim: int):
+    def __init__(self, hidden_size: int, chunk_size: int, action_dim: int, mlp_dim: int, output: str = "l1",
+                 vocab_size: int = 0, num_bins: int = 256, temperature: float = 1.0):
         super().__init__()
-        self.chunk_size, self.action_dim = chunk_size, action_dim
+        if output not in OUTPUTS:
+            raise ValueError(f"head.oft_output '{output}' is unknown; valid: {', '.join(OUTPUTS)}")
+        self.chunk_size, self.action_dim, self.output = chunk_size, action_dim, output
         self.slots = nn.Parameter(torch.randn(chunk_size * action_dim, hidden_size) * 0.02)
-        self.mlp = ResidualMLP(action_dim * hidden_size, mlp_dim, action_dim)
+        if output == "l1":
+            self.mlp = ResidualMLP(action_dim * hidden_size, mlp_dim, action_dim)
+        else:
+            self.tokens = ActionTokenizer(num_bins, vocab_size)
+            self.temperature = temperature
+            self.rl_quantity = "per-token log-probs of the parallel-decoded bins"
+
+    def _slot_hidden(self, prefix: Prefix) -> torch.Tensor:
+        b = prefix.embeds.shape[0]
+        return prefix.run_with_suffix(self.slots[None].expand(b, -1, -1), causal_suffix=False)
 
     def predict(self, prefix: Prefix) -> torch.Tensor:
         b = prefix.embeds.shape[0]
-        hidden = prefix.run_with_suffix(self.slots[None].expand(b, -1, -1), causal_suffix=False)
-        per_step = hidden.reshape(b, self.chunk_size, -1).float()
+        per_step = self._slot_hidden(prefix).reshape(b, self.chunk_size, -1).float()
         return self.mlp(per_step)
 
-    def loss(self, prefix, actions, pad):
-        pred = self.predict(prefix)
-        l1 = masked_mean((pred - actions).abs(), pad)
-        return l1, {"l1": float(l1.detach())}
+    def bin_logits(self, prefix: Prefix) -> torch.Tensor:
+        """(B, chunk * action_dim, num_bins) from the LM head's bin ids."""
+        return prefix.backbone.lm_logits(self._slot_hidden(prefix))[..., self.tokens.first_id:].float()
 
+    def loss(self, prefix, actions, pad, generator=None):
+        if self.output == "l1":
+            l1 = masked_mean((self.predict(prefix) - actions).abs(), pad)
+            return l1, {"l1": float(l1.detach())}
+        logits = self.bin_logits(prefix)
+        bins = self.tokens.to_bins(actions).flatten(1)
+        nll = F.cross_entropy(logits.transpose(1, 2), bins, reduction="none").reshape(actions.shape)
+        acc = masked_mean((logits.argmax(-1) == bins).float().reshape(actions.shape), pad)
+        loss = masked_mean(nll, pad)
+        return loss, {"ce": float(loss.detach()), "token_acc": float(acc)}
+
+    @torch.no_grad()
     def sample(self, prefix, generator=None):
-        return self.predict(prefix)
+        if self.output == "l1":
+            return self.predict(prefix)
+        bins = self.bin_logits(prefix).argmax(-1)
+        return self.tokens.from_bins(bins).reshape(-1, self.chunk_size, self.action_dim)
+
+    @torch.no_grad()
+    def sample_rl(self, prefix, generator=None):
+        if self.output == "l1":
+            raise NotImplementedError(self._no_rl())
+        logits = self.bin_logits(prefix) / self.temperature
+        bins = categorical_sample(logits, generator)
+        log_prob = torch.log_softmax(logits, -1).gather(-1, bins[..., None]).squeeze(-1).sum(-1)
+        actions = self.tokens.from_bins(bins).reshape(-1, self.chunk_size, self.action_dim)
+        return RLSample(actions, log_prob, {"bins": bins})
+
+    def evaluate(self, prefix, record):
+        if self.output == "l1":
+            raise NotImplementedError(self._no_rl())
+        lp, ent = token_scores(self.bin_logits(prefix) / self.temperature, record["bins"])
+        return lp.sum(-1), ent.sum(-1)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.heads.base import ActionHead, masked_mean
+from vla.heads.base import ActionHead, RLSample, masked_mean
 from vla.sequence import Prefix
 
 
@@ -34,9 +34,28 @@ class ActionTokenizer:
         return self.from_bins(ids - self.first_id)
 
 
+def categorical_sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of (..., K) logits, reproducible from `generator`."""
+    probs = torch.softmax(logits.float(), -1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    if generator is not None and generator.device != flat.device:
+        flat = flat.to(generator.device)
+    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1]).to(logits.device)
+
+
+def token_scores(logits: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-prob of `bins` and entropy under (..., K) logits."""
+    logp = torch.log_softmax(logits, -1)
+    return logp.gather(-1, bins[..., None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
 class TokenizedHead(ActionHead):
-    def __init__(self, hidden_size: int, vocab_size: int, chunk_size: int, action_dim: int, num_bins: int):
+    rl_quantity = "per-token log-probs of the autoregressive bins"
+
+    def __init__(self, hidden_size: int, vocab_size: int, chunk_size: int, action_dim: int, num_bins: int,
+                 temperature: float = 1.0):
         super().__init__()
+        self.temperature = temperature
         self.chunk_size, self.action_dim = chunk_size, action_dim
         self.tokens = ActionTokenizer(num_bins, vocab_size)
         # stands where OpenVLA's last prompt token stands; a learned slot is position-independent
@@ -57,7 +76,7 @@ class TokenizedHead(ActionHead):
         hidden = prefix.run_with_suffix(inputs, causal_suffix=True)
         return self._bin_logits(prefix, hidden), ids - self.tokens.first_id
 
-    def loss(self, prefix, actions, pad):
+    def loss(self, prefix, actions, pad, generator=None):
         logits, bins = self._teacher_forced_logits(prefix, actions)
         nll = F.cross_entropy(logits.transpose(1, 2), bins, reduction="none")  # (B, T*A)
         nll = nll.reshape(actions.shape[0], self.chunk_size, self.action_dim)
@@ -66,27 +85,38 @@ class TokenizedHead(ActionHead):
         return loss, {"ce": float(loss.detach()), "token_acc": float(acc)}
 
     def token_log_probs(self, prefix: Prefix, actions: torch.Tensor) -> torch.Tensor:
+        """Per-token log-probs (B, T*A) of the bins of `actions` (at temperature 1)."""
         logits, bins = self._teacher_forced_logits(prefix, actions)
-        return torch.log_softmax(logits, -1).gather(-1, bins[..., None]).squeeze(-1)  # (B, T*A)
+        return token_scores(logits, bins)[0]
 
-    def log_prob(self, prefix, actions):
-        return self.token_log_probs(prefix, actions).sum(-1)
+    def evaluate(self, prefix, record):
+        bins = record["bins"]
+        actions = self.tokens.from_bins(bins).reshape(-1, self.chunk_size, self.action_dim)
+        logits, _ = self._teacher_forced_logits(prefix, actions)
+        lp, ent = token_scores(logits / self.temperature, bins)
+        return lp.sum(-1), ent.sum(-1)
 
     @torch.no_grad()
-    def sample(self, prefix, generator=None, temperature: float = 0.0):
+    def _decode(self, prefix: Prefix, generator, stochastic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """KV-cached decoding; returns bins (B, T*A) and their summed log-probs (B,)."""
         b = prefix.embeds.shape[0]
         cache = prefix.run_cached()
         token_in = self.start.expand(b, -1, -1)
-        bins = []
+        bins, log_prob = [], torch.zeros(b, device=prefix.embeds.device)
         for step in range(self.n_tokens):
             hidden = prefix.step_cached(cache, token_in, step)
-            logits = self._bin_logits(prefix, hidden[:, -1])
-            if temperature > 0:
-                probs = torch.softmax(logits / temperature, -1)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            else:
-                nxt = logits.argmax(-1)
+            logits = self._bin_logits(prefix, hidden[:, -1]) / self.temperature
+            nxt = categorical_sample(logits, generator) if stochastic else logits.argmax(-1)
+            log_prob += torch.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
             bins.append(nxt)
             token_in = prefix.backbone.embed_tokens((nxt + self.tokens.first_id)[:, None])
-        actions = self.tokens.from_bins(torch.stack(bins, 1))
-        return actions.reshape(b, self.chunk_size, self.action_dim)
+        return torch.stack(bins, 1), log_prob
+
+    def sample(self, prefix, generator=None):
+        bins, _ = self._decode(prefix, generator, stochastic=False)
+        return self.tokens.from_bins(bins).reshape(-1, self.chunk_size, self.action_dim)
+
+    def sample_rl(self, prefix, generator=None):
+        bins, log_prob = self._decode(prefix, generator, stochastic=True)
+        actions = self.tokens.from_bins(bins).reshape(-1, self.chunk_size, self.action_dim)
+        return RLSample(actions, log_prob, {"bins": bins})

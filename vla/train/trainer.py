@@ -18,7 +18,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from vla.checkpoint import latest_checkpoint, load_training_state, norm_specs, save_training_checkpoint
-from vla.config import ExperimentConfig, to_dict, to_yaml
+from vla.config import ConfigError, ExperimentConfig, to_dict, to_yaml
 from vla.data.dataset import EpochSampler, FrameCache, StreamingFrames, dataset_stats, open_dataset, validate_dataset
 from vla.model import Policy
 from vla.normalize import Normalizer
@@ -97,6 +97,13 @@ class Logger:
 
 def build_policy_for_training(cfg: ExperimentConfig, ds) -> tuple[Policy, object]:
     layout = validate_dataset(ds, cfg.data.cameras, cfg.head.action_dim, cfg.data.use_state)
+    if cfg.head.type == "residual" and cfg.head.residual.base_checkpoint:
+        from vla.residual_init import residual_from_base
+
+        return residual_from_base(cfg), layout  # the base's own statistics, backbone and prompt
+    if cfg.head.type in ("flow", "diffusion") and cfg.backbone.gradient_checkpointing:
+        raise ConfigError(f"backbone.gradient_checkpointing disables the KV cache the {cfg.head.type} head's expert "
+                          "reads; turn one of them off")
     stats = dataset_stats(ds, cfg.data.use_state)
     policy = Policy(cfg, Normalizer(stats, norm_specs(cfg)), layout.state_dim)
     apply_lora(policy, cfg.backbone)

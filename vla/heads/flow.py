@@ -1,0 +1,117 @@
+"""pi0 flow matching: an action expert reads the cached prefix and predicts a velocity field.
+
+Convention (pi0's): x_t = t * noise + (1 - t) * actions, so t=1 is noise and t=0 is the data; the
+target velocity is u = noise - actions; training draws t from Beta(1.5, 1) (more weight on noisy
+times) and minimizes |v - u|^2. Sampling integrates dx/dt = v from t=1 to t=0 with `steps` Euler
+steps; the prefix is encoded once and each step is one expert pass over the chunk tokens.
+
+For RL (pi_RL) every Euler step is made a Gaussian with a tractable log-probability:
+- Flow-SDE: the reverse SDE with the same marginals as the ODE,
+  x_{t-dt} = x_t - dt * [v + s^2 / (2t) * (x_t + (1 - t) v)] + s * sqrt(dt) * z,  s = level * sqrt(t / (1 - t)),
+  where -(x_t + (1 - t) v) / t is the score implied by v under this interpolation;
+- Flow-Noise: the Euler mean x_t - dt * v plus a learned, bounded std from the expert's hidden state.
+The chunk's log-probability is the sum over steps; the chain of x's is the RL record.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vla.backbones.base import Backbone
+from vla.config import FlowConfig
+from vla.heads.base import ActionHead, RLSample, gaussian_entropy, gaussian_log_prob, masked_mean
+from vla.heads.expert import ActionExpert
+from vla.sequence import Prefix
+
+RL_NOISE = ("sde", "noise")
+
+
+def beta_sample(shape: tuple[int, ...], a: float, b: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Beta(a, b) draws reproducible from `generator` (torch's Beta sampler has no generator argument)."""
+    if generator is None:
+        return torch.distributions.Beta(a, b).sample(shape)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.distributions.Beta(a, b).sample(shape)
+
+
+class FlowHead(ActionHead):
+    rl_quantity = "Gaussian log-prob of every denoising step (Flow-SDE / Flow-Noise, pi_RL)"
+
+    def __init__(self, backbone: Backbone, chunk_size: int, action_dim: int, width: int, cfg: FlowConfig):
+        super().__init__()
+        if cfg.rl_noise not in RL_NOISE:
+            raise ValueError(f"head.flow.rl_noise '{cfg.rl_noise}' is unknown; valid: {', '.join(RL_NOISE)}")
+        if cfg.steps < 1:
+            raise ValueError(f"head.flow.steps must be >= 1, got {cfg.steps}")
+        self.chunk_size, self.action_dim, self.cfg = chunk_size, action_dim, cfg
+        self.expert = ActionExpert(backbone, width, action_dim)
+        self.noise_std = nn.Linear(width, action_dim) if cfg.rl_noise == "noise" else None
+
+    def velocity(self, prefix: Prefix, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v(x, t) (B, T, A) and the expert's hidden states; t is (B,)."""
+        return self.expert(prefix, x, t)
+
+    def _noise(self, prefix: Prefix, n: int, generator) -> torch.Tensor:
+        dev = prefix.embeds.device
+        return torch.randn(n, self.chunk_size, self.action_dim, generator=generator, device=generator.device if generator else dev).to(dev)
+
+    def loss(self, prefix, actions, pad, generator=None):
+        b = actions.shape[0]
+        a, bb = self.cfg.time_beta
+        t = (beta_sample((b,), a, bb, generator) * 0.999 + 0.001).to(actions.device)
+        noise = self._noise(prefix, b, generator)
+        tt = t[:, None, None]
+        x_t = tt * noise + (1 - tt) * actions
+        v, _ = self.velocity(prefix, x_t, t)
+        mse = masked_mean((v - (noise - actions)) ** 2, pad)
+        return mse, {"flow_mse": float(mse.detach())}
+
+    def _times(self) -> list[float]:
+        return [1.0 - k / self.cfg.steps for k in range(self.cfg.steps)]
+
+    @torch.no_grad()
+    def sample(self, prefix, generator=None):
+        x = self._noise(prefix, prefix.embeds.shape[0], generator)
+        dt = 1.0 / self.cfg.steps
+        for t in self._times():
+            v, _ = self.velocity(prefix, x, torch.full((x.shape[0],), t, device=x.device))
+            x = x - dt * v
+        return x
+
+    def step_distribution(self, prefix: Prefix, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of x_{t-dt} given x_t: the Gaussian one denoising step draws from."""
+        dt = 1.0 / self.cfg.steps
+        v, hidden = self.velocity(prefix, x, torch.full((x.shape[0],), t, device=x.device))
+        if self.noise_std is None:  # Flow-SDE
+            sigma = self.cfg.sde_noise_level * (t / max(1.0 - t, dt)) ** 0.5  # clipped where t -> 1
+            mean = x - dt * (v + sigma**2 / (2 * t) * (x + (1 - t) * v))
+            std = torch.full_like(mean, sigma * dt**0.5)
+        else:  # Flow-Noise
+            lo, hi = self.cfg.noise_std_range
+            mean = x - dt * v
+            std = lo + (hi - lo) * torch.sigmoid(self.noise_std(hidden.float()))
+        return mean, std
+
+    @torch.no_grad()
+    def sample_rl(self, prefix, generator=None):
+        x = self._noise(prefix, prefix.embeds.shape[0], generator)
+        chain, log_prob = [x], torch.zeros(x.shape[0], device=x.device)
+        for t in self._times():
+            mean, std = self.step_distribution(prefix, x, t)
+            z = torch.randn(mean.shape, generator=generator, device=generator.device if generator else mean.device)
+            x = mean + std * z.to(mean.device)
+            log_prob += gaussian_log_prob(x, mean, std).flatten(1).sum(-1)
+            chain.append(x)
+        return RLSample(x, log_prob, {"chain": torch.stack(chain, 1)})
+
+    def evaluate(self, prefix, record):
+        chain = record["chain"]  # (B, steps + 1, T, A)
+        log_prob = torch.zeros(chain.shape[0], device=chain.device)
+        entropy = torch.zeros_like(log_prob)
+        for k, t in enumerate(self._times()):
+            mean, std = self.step_distribution(prefix, chain[:, k], t)
+            log_prob = log_prob + gaussian_log_prob(chain[:, k + 1], mean, std).flatten(1).sum(-1)
+            entropy = entropy + gaussian_entropy(std).flatten(1).sum(-1)
+        return log_prob, entropy
