@@ -11,7 +11,7 @@ def _vla(*args):
 
 def test_bad_inputs_exit_2_with_a_message(tmp_path):
     run = _vla("config", "--policy", "pi9")
-    assert run.returncode == 2 and "valid policies: openvla, openvla_oft" in run.stderr
+    assert run.returncode == 2 and "valid policies: diffusion, openvla, openvla_oft, pi0, residual" in run.stderr
     run = _vla("config", "train.stepz=1")
     assert run.returncode == 2 and "unknown config key 'train.stepz'" in run.stderr
     run = _vla("eval", "--ckpt", str(tmp_path / "missing"))

@@ -1,0 +1,85 @@
+"""The flow-matching head is pi0's, not a shape-compatible stand-in: it learns, its integrator
+solves known ODEs, its SDE keeps the right marginals, and its RL log-probs are real Gaussians."""
+import math
+
+import pytest
+import torch
+
+from head_problems import Problem
+
+
+def test_flow_overfits_a_fixed_batch():
+    p = Problem("flow")
+    before, after = p.overfit(800, 2e-3)
+    assert after < before / 50  # 1.7 -> ~0.01
+    assert (p.sample() - p.targets).abs().max() < 0.12  # 10 Euler steps from fresh noise
+
+
+def _with_velocity(p: Problem, field):
+    """Replace the learned network by a known velocity field v(x, t)."""
+    p.head.velocity = lambda prefix, x, t: (field(x, t[:, None, None]), torch.zeros(*x.shape[:2], 8))
+
+
+def test_euler_matches_the_analytic_solution_of_known_fields():
+    p = Problem("flow", flow={"steps": 10})
+    # the exact conditional field of a point target a: x(t) = a + t (x1 - a) is linear, so Euler is exact
+    a = p.targets
+    _with_velocity(p, lambda x, t: (x - a) / t)
+    assert torch.allclose(p.sample(), a, atol=1e-5)
+    # dx/dt = x from t=1 to 0: K Euler steps give x1 * (1 - 1/K)^K, which tends to x1 / e
+    _with_velocity(p, lambda x, t: x)
+    x1 = torch.randn(4, 4, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(p.sample(seed=1), x1 * 0.9**10, atol=1e-5)
+    p.head.cfg.steps = 2000
+    assert torch.allclose(p.sample(seed=1), x1 / math.e, atol=1e-3)
+
+
+def test_flow_sde_keeps_the_ode_marginals():
+    """With the exact field of a point target, Flow-SDE's stochastic chain still ends at the target."""
+    p = Problem("flow", flow={"steps": 200, "sde_noise_level": 0.5})
+    a = p.targets
+    _with_velocity(p, lambda x, t: (x - a) / t)
+    finals = torch.stack([p.head.sample_rl(p.prefix(), torch.Generator().manual_seed(s)).actions for s in range(16)])
+    assert (finals.mean(0) - a).abs().max() < 0.05
+    assert finals.std(0).max() < 0.1
+
+
+@pytest.mark.parametrize("rl_noise", ["sde", "noise"])
+def test_rl_log_prob_is_the_sum_of_per_step_gaussians(rl_noise):
+    p = Problem("flow", flow={"steps": 5, "rl_noise": rl_noise})
+    p.bb.eval()
+    with torch.no_grad():
+        s = p.head.sample_rl(p.prefix(), torch.Generator().manual_seed(0))
+        chain = s.record["chain"]
+        assert chain.shape == (4, 6, 4, 3) and torch.equal(chain[:, -1], s.actions)
+        direct = torch.zeros(4)
+        for k, t in enumerate([1.0, 0.8, 0.6, 0.4, 0.2]):
+            mean, std = p.head.step_distribution(p.prefix(), chain[:, k], t)
+            var = std**2
+            direct += (-(chain[:, k + 1] - mean) ** 2 / (2 * var) - 0.5 * torch.log(2 * math.pi * var)).flatten(1).sum(-1)
+        lp, _ = p.head.evaluate(p.prefix(), s.record)
+    assert torch.allclose(lp, direct, rtol=1e-4) and torch.allclose(s.log_prob, direct, rtol=1e-4)
+    if rl_noise == "noise":  # learned std stays inside its bounds
+        _, std = p.head.step_distribution(p.prefix(), chain[:, 0], 1.0)
+        assert std.min() >= 0.08 and std.max() <= 0.16
+
+
+def test_prefix_is_encoded_once_and_its_cache_survives_sampling():
+    p = Problem("flow")
+    prefix = p.prefix()
+    calls = []
+    original = p.bb.run
+    p.bb.run = lambda *a, **k: calls.append(1) or original(*a, **k)
+    first = p.head.sample(prefix, torch.Generator().manual_seed(3))
+    assert len(calls) == 1  # one backbone pass for 10 denoising steps; the rest is the expert
+    assert prefix.encode()[1].get_seq_length() == prefix.length  # expert tokens were cropped away
+    assert torch.equal(first, p.head.sample(prefix, torch.Generator().manual_seed(3)))
+
+
+def test_expert_shares_depth_and_attention_geometry_with_the_backbone():
+    for backbone in ("tiny_paligemma", "tiny_smolvlm", "tiny_qwen2_5_vl"):
+        p = Problem("flow", backbone=backbone)
+        expert, base = p.head.expert.decoder, p.bb.decoder()
+        assert expert.config.num_hidden_layers == base.config.num_hidden_layers
+        assert expert.config.hidden_size == base.config.hidden_size // 2
+        assert p.sample().shape == (4, 4, 3)

@@ -1,0 +1,54 @@
+"""Residual head: zero residual == its base exactly; a trained base checkpoint is loaded and frozen;
+the residual's log-prob is its Gaussian."""
+import math
+
+import numpy as np
+import torch
+
+from head_problems import Problem
+from vla.checkpoint import load_policy, norm_specs, save_policy
+from vla.config import ExperimentConfig, merge
+from vla.model import Policy
+from vla.normalize import Normalizer, compute_stats
+from vla.residual_init import residual_from_base
+
+INSTR = ["put the bowl on the plate"] * 2
+
+
+def test_zero_residual_reproduces_the_base_exactly():
+    p = Problem("residual")
+    with torch.no_grad():
+        prefix = p.prefix()
+        assert torch.equal(p.head.sample(prefix), p.head.base.sample(prefix))
+        s = p.head.sample_rl(prefix, torch.Generator().manual_seed(0))
+        assert torch.allclose(s.actions, s.record["base_action"] + 0.1 * s.record["residual"])
+        std = p.head.log_std.exp()[0]
+        r = s.record["residual"]  # zero mean at init: log N(r; 0, std^2) by hand
+        direct = (-(r**2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(-1)
+        assert torch.allclose(p.head.evaluate(prefix, s.record)[0], direct, atol=1e-4)
+
+
+def _policy(cfg):
+    rng = np.random.default_rng(0)
+    stats = {"action": compute_stats(rng.normal(size=(100, 7)), "action"),
+             "state": compute_stats(rng.normal(size=(100, 8)), "state")}
+    return Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval()
+
+
+def test_residual_from_a_base_checkpoint_freezes_the_base_and_acts_like_it(tmp_path):
+    torch.manual_seed(0)
+    base = _policy(merge(ExperimentConfig(), {"backbone": {"image_size": 32}, "head": {"chunk_size": 4}}))
+    save_policy(base, tmp_path / "base")
+    # the residual run's own backbone/head settings are replaced by the base's
+    cfg = merge(ExperimentConfig(), {"head": {"type": "residual", "residual": {"base_checkpoint": str(tmp_path / "base")}}})
+    res = residual_from_base(cfg).eval()
+    assert res.cfg.backbone.image_size == 32 and res.cfg.head.chunk_size == 4 and res.cfg.head.residual.base_type == "oft"
+    trainable = {n for n, q in res.named_parameters() if q.requires_grad}
+    assert trainable == {"head.log_std"} | {n for n in trainable if n.startswith("head.mean_net.")}
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (2, 2, 48, 48, 3), dtype=torch.uint8, generator=g)
+    state = torch.randn(2, 8, generator=g)
+    assert np.array_equal(res.act(images, state, INSTR), base.act(images, state, INSTR))
+    # and the residual checkpoint is self-contained
+    save_policy(res, tmp_path / "res")
+    assert np.array_equal(load_policy(tmp_path / "res").act(images, state, INSTR), base.act(images, state, INSTR))
