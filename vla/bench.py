@@ -49,8 +49,19 @@ def bench_env_steps(steps: int) -> list[dict]:
     return rows
 
 
-def bench_heads(repeats: int) -> list[dict]:
-    """OFT parallel chunk vs tokenized autoregressive decode on the same tiny backbone and chunk."""
+HEAD_VARIANTS = {  # label -> head overrides; all on the same tiny backbone, same 8x7 chunk
+    "oft (L1, parallel)": {"type": "oft"},
+    "oft (bin tokens, parallel)": {"type": "oft", "oft_output": "tokens"},
+    "tokenized (autoregressive)": {"type": "tokenized"},
+    "flow (10 Euler steps, cached prefix)": {"type": "flow"},
+    "diffusion (10 DDIM steps, cached prefix)": {"type": "diffusion"},
+    "residual (over oft)": {"type": "residual"},
+}
+
+
+def bench_heads(repeats: int, backbone: str = "tiny_paligemma", image_size: int = 64) -> list[dict]:
+    """Every head on the same tiny backbone and chunk, side by side; plus the cost of one full
+    forward pass (images + prompt + proprio + 8 suffix tokens) as the unit for denoising heads."""
     from vla.checkpoint import norm_specs
     from vla.config import ExperimentConfig, merge
     from vla.model import Policy
@@ -61,15 +72,28 @@ def bench_heads(repeats: int) -> list[dict]:
     images = torch.randint(0, 255, (1, 2, 128, 128, 3), dtype=torch.uint8)
     state = torch.zeros(1, 8)
     instruction = ["pick up the black bowl between the plate and the ramekin and place it on the plate"]
-    rows = []
-    for head in ("oft", "tokenized"):
+
+    def policy_for(head: dict) -> Policy:
         torch.manual_seed(0)
-        cfg = merge(ExperimentConfig(), {"head": {"type": head, "chunk_size": 8}})
-        policy = Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval()
+        cfg = merge(ExperimentConfig(), {"head": {**head, "chunk_size": 8},
+                                         "backbone": {"name": backbone, "image_size": image_size}})
+        return Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval()
+
+    base = policy_for({"type": "oft"})
+    suffix = torch.zeros(1, 8, base.backbone.hidden_size)
+
+    @torch.no_grad()
+    def full_pass():
+        base.build_prefix(images, state, instruction).run_with_suffix(suffix, causal_suffix=False)
+
+    full_ms = 1000 / _rate(full_pass, repeats)
+    rows = [{"what": "one full forward pass (reference)", "ms_per_chunk": full_ms}]
+    for label, head in HEAD_VARIANTS.items():
+        policy = policy_for(head)
         chunks_per_s = _rate(lambda: policy.act(images, state, instruction), repeats)
-        rows.append({"what": f"{head} head, tiny_paligemma, chunk 8x7", "ms_per_chunk": 1000 / chunks_per_s,
-                     "actions_per_s": chunks_per_s * cfg.head.chunk_size})
-    rows[0]["speedup_vs_tokenized"] = rows[0]["actions_per_s"] / rows[1]["actions_per_s"]
+        ms = 1000 / chunks_per_s
+        rows.append({"what": f"{label}, {backbone} {image_size}px, chunk 8x7", "ms_per_chunk": ms,
+                     "actions_per_s": chunks_per_s * 8, "full_passes": ms / full_ms})
     return rows
 
 
@@ -89,10 +113,14 @@ def run_all(out: Path, quick: bool = False) -> dict:
                     "cuda": torch.cuda.is_available()},
         "env_steps": bench_env_steps(20 if quick else 200),
         "heads": bench_heads(2 if quick else 20),
+        # the same comparison where compute dominates: 2 x 196 image tokens, width 512, 8 layers
+        "heads_small": bench_heads(1 if quick else 5, "small_paligemma", 224),
     }
     md = ["# Benchmark results", "", f"Machine: {results['machine']}", "",
           "## Env steps/s (one process)", "", _table(results["env_steps"]), "",
-          "## Action heads: latency per chunk, actions/s (batch 1, CPU, 2 threads)", "", _table(results["heads"]), ""]
+          "## Action heads: latency per chunk, actions/s, cost in full forward passes (batch 1, CPU, 2 threads)", "", _table(results["heads"]), "",
+          "## Action heads on small_paligemma (random weights, ~60M, 224 px): compute-bound", "",
+          _table(results["heads_small"]), ""]
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print("\n".join(md))

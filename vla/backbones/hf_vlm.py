@@ -46,17 +46,26 @@ class PaliGemmaBackbone(Backbone):
 
     @classmethod
     def tiny(cls, image_size: int) -> "PaliGemmaBackbone":
+        return cls.random(image_size, width=128, layers=4, patch=8)
+
+    @classmethod
+    def small(cls, image_size: int) -> "PaliGemmaBackbone":
+        """Random weights at a size where compute, not per-call overhead, dominates (~60M parameters)."""
+        return cls.random(image_size, width=512, layers=8, patch=16)
+
+    @classmethod
+    def random(cls, image_size: int, width: int, layers: int, patch: int) -> "PaliGemmaBackbone":
         from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
 
         vision = SiglipVisionConfig(
-            hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-            image_size=image_size, patch_size=8, projection_dim=128, vision_use_head=False,
+            hidden_size=width, intermediate_size=2 * width, num_hidden_layers=max(2, layers // 2), num_attention_heads=4,
+            image_size=image_size, patch_size=patch, projection_dim=width, vision_use_head=False,
         )
         text = GemmaConfig(
-            vocab_size=TINY_VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+            vocab_size=TINY_VOCAB, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=1, head_dim=width // 4, max_position_embeddings=1024,
         )
-        config = PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), projection_dim=128,
+        config = PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), projection_dim=width,
                                  image_token_index=TINY_VOCAB - 257)
         config.text_config._attn_implementation = "sdpa"
         model = PaliGemmaForConditionalGeneration(config)
