@@ -16,14 +16,15 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from vla.backbones.base import Backbone
 from vla.config import DiffusionConfig
-from vla.heads.base import ActionHead, RLSample, gaussian_entropy, gaussian_log_prob, masked_mean
+from vla.heads.base import ActionHead, masked_mean
+from vla.heads.chain import GaussianChain, randn
 from vla.heads.expert import ActionExpert
 from vla.sequence import Prefix
 
 PREDICTIONS = ("epsilon", "sample")
 
 
-class DiffusionHead(ActionHead):
+class DiffusionHead(GaussianChain, ActionHead):
     rl_quantity = "Gaussian log-prob of every DDIM denoising step (DPPO)"
 
     def __init__(self, backbone: Backbone, chunk_size: int, action_dim: int, width: int, cfg: DiffusionConfig):
@@ -47,26 +48,23 @@ class DiffusionHead(ActionHead):
 
     def loss(self, prefix, actions, pad, generator=None):
         b, dev = actions.shape[0], actions.device
+        noise = randn(actions.shape, generator, dev)
         gdev = generator.device if generator is not None else dev
-        noise = torch.randn(actions.shape, generator=generator, device=gdev).to(dev)
         timesteps = torch.randint(0, self.cfg.train_timesteps, (b,), generator=generator, device=gdev).to(dev)
         noisy = self.train_scheduler.add_noise(actions, noise, timesteps)
         target = noise if self.cfg.prediction == "epsilon" else actions
         mse = masked_mean((self.denoiser(prefix, noisy, timesteps) - target) ** 2, pad)
         return mse, {"diffusion_mse": float(mse.detach())}
 
-    def _start(self, prefix: Prefix, generator) -> torch.Tensor:
-        dev = prefix.embeds.device
-        gdev = generator.device if generator is not None else dev
-        shape = (prefix.embeds.shape[0], self.chunk_size, self.action_dim)
-        return torch.randn(shape, generator=generator, device=gdev).to(dev)
+    def chain_steps(self) -> list[int]:
+        return [int(t) for t in self.scheduler.timesteps]
 
     def _timestep(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
 
     @torch.no_grad()
     def sample(self, prefix, generator=None):
-        x = self._start(prefix, generator)
+        x = self.initial_noise(prefix, generator)
         for t in self.scheduler.timesteps:
             out = self.denoiser(prefix, x, self._timestep(t, x))
             x = self.scheduler.step(out, int(t), x, eta=0.0).prev_sample
@@ -84,25 +82,3 @@ class DiffusionHead(ActionHead):
         else:
             std = torch.zeros_like(mean)
         return mean, std.clamp(min=self.cfg.rl_min_std)
-
-    @torch.no_grad()
-    def sample_rl(self, prefix, generator=None):
-        x = self._start(prefix, generator)
-        chain, log_prob = [x], torch.zeros(x.shape[0], device=x.device)
-        for t in self.scheduler.timesteps:
-            mean, std = self.step_distribution(prefix, x, int(t))
-            gdev = generator.device if generator is not None else x.device
-            x = mean + std * torch.randn(mean.shape, generator=generator, device=gdev).to(x.device)
-            log_prob += gaussian_log_prob(x, mean, std).flatten(1).sum(-1)
-            chain.append(x)
-        return RLSample(x, log_prob, {"chain": torch.stack(chain, 1)})
-
-    def evaluate(self, prefix, record):
-        chain = record["chain"]
-        log_prob = torch.zeros(chain.shape[0], device=chain.device)
-        entropy = torch.zeros_like(log_prob)
-        for k, t in enumerate(self.scheduler.timesteps):
-            mean, std = self.step_distribution(prefix, chain[:, k], int(t))
-            log_prob = log_prob + gaussian_log_prob(chain[:, k + 1], mean, std).flatten(1).sum(-1)
-            entropy = entropy + gaussian_entropy(std).flatten(1).sum(-1)
-        return log_prob, entropy

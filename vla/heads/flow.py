@@ -19,7 +19,8 @@ from torch import nn
 
 from vla.backbones.base import Backbone
 from vla.config import FlowConfig
-from vla.heads.base import ActionHead, RLSample, gaussian_entropy, gaussian_log_prob, masked_mean
+from vla.heads.base import ActionHead, masked_mean
+from vla.heads.chain import GaussianChain
 from vla.heads.expert import ActionExpert
 from vla.sequence import Prefix
 
@@ -36,7 +37,7 @@ def beta_sample(shape: tuple[int, ...], a: float, b: float, generator: torch.Gen
         return torch.distributions.Beta(a, b).sample(shape)
 
 
-class FlowHead(ActionHead):
+class FlowHead(GaussianChain, ActionHead):
     rl_quantity = "Gaussian log-prob of every denoising step (Flow-SDE / Flow-Noise, pi_RL)"
 
     def __init__(self, backbone: Backbone, chunk_size: int, action_dim: int, width: int, cfg: FlowConfig):
@@ -53,29 +54,25 @@ class FlowHead(ActionHead):
         """v(x, t) (B, T, A) and the expert's hidden states; t is (B,)."""
         return self.expert(prefix, x, t)
 
-    def _noise(self, prefix: Prefix, n: int, generator) -> torch.Tensor:
-        dev = prefix.embeds.device
-        return torch.randn(n, self.chunk_size, self.action_dim, generator=generator, device=generator.device if generator else dev).to(dev)
-
     def loss(self, prefix, actions, pad, generator=None):
         b = actions.shape[0]
         a, bb = self.cfg.time_beta
         t = (beta_sample((b,), a, bb, generator) * 0.999 + 0.001).to(actions.device)
-        noise = self._noise(prefix, b, generator)
+        noise = self.initial_noise(prefix, generator)
         tt = t[:, None, None]
         x_t = tt * noise + (1 - tt) * actions
         v, _ = self.velocity(prefix, x_t, t)
         mse = masked_mean((v - (noise - actions)) ** 2, pad)
         return mse, {"flow_mse": float(mse.detach())}
 
-    def _times(self) -> list[float]:
+    def chain_steps(self) -> list[float]:
         return [1.0 - k / self.cfg.steps for k in range(self.cfg.steps)]
 
     @torch.no_grad()
     def sample(self, prefix, generator=None):
-        x = self._noise(prefix, prefix.embeds.shape[0], generator)
+        x = self.initial_noise(prefix, generator)
         dt = 1.0 / self.cfg.steps
-        for t in self._times():
+        for t in self.chain_steps():
             v, _ = self.velocity(prefix, x, torch.full((x.shape[0],), t, device=x.device))
             x = x - dt * v
         return x
@@ -93,25 +90,3 @@ class FlowHead(ActionHead):
             mean = x - dt * v
             std = lo + (hi - lo) * torch.sigmoid(self.noise_std(hidden.float()))
         return mean, std
-
-    @torch.no_grad()
-    def sample_rl(self, prefix, generator=None):
-        x = self._noise(prefix, prefix.embeds.shape[0], generator)
-        chain, log_prob = [x], torch.zeros(x.shape[0], device=x.device)
-        for t in self._times():
-            mean, std = self.step_distribution(prefix, x, t)
-            z = torch.randn(mean.shape, generator=generator, device=generator.device if generator else mean.device)
-            x = mean + std * z.to(mean.device)
-            log_prob += gaussian_log_prob(x, mean, std).flatten(1).sum(-1)
-            chain.append(x)
-        return RLSample(x, log_prob, {"chain": torch.stack(chain, 1)})
-
-    def evaluate(self, prefix, record):
-        chain = record["chain"]  # (B, steps + 1, T, A)
-        log_prob = torch.zeros(chain.shape[0], device=chain.device)
-        entropy = torch.zeros_like(log_prob)
-        for k, t in enumerate(self._times()):
-            mean, std = self.step_distribution(prefix, chain[:, k], t)
-            log_prob = log_prob + gaussian_log_prob(chain[:, k + 1], mean, std).flatten(1).sum(-1)
-            entropy = entropy + gaussian_entropy(std).flatten(1).sum(-1)
-        return log_prob, entropy
