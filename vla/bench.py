@@ -119,7 +119,7 @@ def run_all(out: Path, quick: bool = False) -> dict:
     md = ["# Benchmark results", "", f"Machine: {results['machine']}", "",
           "## Env steps/s (one process)", "", _table(results["env_steps"]), "",
           "## Action heads: latency per chunk, actions/s, cost in full forward passes (batch 1, CPU, 2 threads)", "", _table(results["heads"]), "",
-          "## Action heads on small_paligemma (random weights, ~60M, 224 px): compute-bound", "",
+          "## Action heads on small_paligemma (random weights, ~28M, 224 px): compute-bound", "",
           _table(results["heads_small"]), ""]
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(results, indent=2))

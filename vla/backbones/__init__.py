@@ -9,7 +9,7 @@ PRESETS = {
     "tiny_paligemma": "PaliGemma-style (SigLIP + Gemma), random weights, ~1M parameters",
     "tiny_smolvlm": "SmolVLM/Idefics3-style (SigLIP + pixel shuffle + Llama), random weights, ~1M parameters",
     "tiny_qwen2_5_vl": "Qwen2.5-VL-style (window-attention ViT + patch merger + Qwen2.5), random weights, ~1.5M parameters",
-    "small_paligemma": "PaliGemma-style, random weights, width 512, 8 layers, patch 16 (~60M): compute-bound benchmarks",
+    "small_paligemma": "PaliGemma-style, random weights, width 512, 8 layers, patch 16 (~28M): compute-bound benchmarks",
     "paligemma": "PaliGemma checkpoint via from_pretrained (e.g. google/paligemma-3b-pt-224)",
     "smolvlm": "SmolVLM/Idefics3 checkpoint via from_pretrained (e.g. HuggingFaceTB/SmolVLM-256M-Instruct)",
     "qwen2_5_vl": "Qwen2.5-VL checkpoint via from_pretrained (e.g. Qwen/Qwen2.5-VL-3B-Instruct); image_size % 28 == 0",

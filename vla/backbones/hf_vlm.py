@@ -50,7 +50,7 @@ class PaliGemmaBackbone(Backbone):
 
     @classmethod
     def small(cls, image_size: int) -> "PaliGemmaBackbone":
-        """Random weights at a size where compute, not per-call overhead, dominates (~60M parameters)."""
+        """Random weights at a size where compute, not per-call overhead, dominates (~28M parameters)."""
         return cls.random(image_size, width=512, layers=8, patch=16)
 
     @classmethod
