@@ -64,7 +64,7 @@ def evaluate_checkpoint(ckpt: Path, tasks: list[int] | None = None, episodes: in
     for task in tasks:
         env = sim.make_env(cfg.sim, cfg.demos.suite, task, cfg.demos.image_size, cfg.eval.max_steps, cfg.eval.seed)
         try:
-            summary = evaluate(policy, env, episodes, cfg.eval.replan_steps, cfg.eval.first_init_state)
+            summary = evaluate(policy, env, episodes, cfg.eval.replan_steps, cfg.eval.first_init_state, seed=cfg.eval.seed)
         finally:
             env.close()
         per_task[f"{cfg.demos.suite}/{task}"] = summary

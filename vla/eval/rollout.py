@@ -30,15 +30,17 @@ def observation_batch(obs: Observation, cameras: list[str]) -> tuple[torch.Tenso
     return images, torch.from_numpy(np.asarray(obs.state, dtype=np.float32))[None]
 
 
-def run_episode(policy, env: Env, init_state: int, replan_steps: int) -> EpisodeResult:
+def run_episode(policy, env: Env, init_state: int, replan_steps: int, seed: int = 7) -> EpisodeResult:
     cameras = policy.cfg.data.cameras
+    # heads that sample from noise (flow, diffusion) draw it from here: an episode replays exactly
+    noise = torch.Generator().manual_seed(seed * 1_000_003 + init_state)
     tic = time.perf_counter()
     obs = env.reset(init_state)
     queue: deque[np.ndarray] = deque()
     for step in range(env.max_steps):
         if not queue:
             images, state = observation_batch(obs, cameras)
-            chunk = policy.act(images, state, [obs.instruction])[0]
+            chunk = policy.act(images, state, [obs.instruction], noise)[0]
             queue.extend(np.clip(chunk[:replan_steps], -1.0, 1.0))
         result = env.step(queue.popleft())
         obs = result.observation
@@ -62,14 +64,14 @@ def summarize(results: list[EpisodeResult]) -> dict:
 
 
 def evaluate(policy, env: Env, episodes: int, replan_steps: int, first_init_state: int = 0,
-             out_json: Path | None = None, log=print) -> dict:
+             out_json: Path | None = None, log=print, seed: int = 7) -> dict:
     """Episodes from init states first_init_state, +1, ...; the summary (and every episode) is
     written as JSON."""
     if replan_steps < 1 or replan_steps > policy.cfg.head.chunk_size:
         raise ValueError(f"eval.replan_steps must be in 1..{policy.cfg.head.chunk_size}, got {replan_steps}")
     results = []
     for i in range(episodes):
-        results.append(run_episode(policy, env, first_init_state + i, replan_steps))
+        results.append(run_episode(policy, env, first_init_state + i, replan_steps, seed))
         r = results[-1]
         wins = sum(x.success for x in results)
         log(f"[eval] episode {i + 1}/{episodes} init_state={r.init_state} success={r.success} steps={r.steps} "
