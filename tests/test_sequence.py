@@ -53,3 +53,14 @@ def test_bidirectional_suffix_sees_later_slots_causal_does_not(backbone):
     bi = prefix.run_with_suffix(suffix, False)[:, 0] - prefix.run_with_suffix(changed, False)[:, 0]
     ca = prefix.run_with_suffix(suffix, True)[:, 0] - prefix.run_with_suffix(changed, True)[:, 0]
     assert bi.abs().max() > 1e-4 and ca.abs().max() < 1e-6
+
+
+def test_pooled_features_from_a_suffix_pass_equal_a_prefix_only_pass(backbone):
+    """The residual/value heads reuse the prefix states of the head's own pass (no second pass)."""
+    with torch.no_grad():
+        prefix = _prefix(backbone, pad_last=3)
+        alone = prefix.pooled()
+        again = _prefix(backbone, pad_last=3)
+        again.run_with_suffix(torch.randn(2, 4, backbone.hidden_size), causal_suffix=False)
+        assert again._encoded is None
+        assert torch.allclose(again.pooled(), alone, atol=1e-5)

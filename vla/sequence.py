@@ -33,6 +33,7 @@ class Prefix:
     embeds: torch.Tensor  # (B, P, D)
     valid: torch.Tensor  # (B, P) bool, False on padding
     _encoded: tuple | None = field(default=None, repr=False)
+    _prefix_hidden: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def length(self) -> int:
@@ -61,6 +62,8 @@ class Prefix:
         positions = torch.cat([self.positions(), n_valid + torch.arange(s, device=dev)[None]], dim=1)
         embeds = torch.cat([self.embeds, suffix.to(self.embeds.dtype)], dim=1)
         hidden, _ = self.backbone.run(embeds, additive_mask(allowed, embeds.dtype), positions)
+        # prefix queries never see the suffix, so these equal a prefix-only pass: reused by pooled()
+        self._prefix_hidden = hidden[:, :p]
         return hidden[:, p:]
 
     def run_cached(self):
@@ -84,7 +87,8 @@ class Prefix:
 
     def pooled(self) -> torch.Tensor:
         """Mean of the prefix's last hidden states over valid tokens (B, D): value and residual heads."""
-        hidden = self.encode()[0].float()
+        hidden = self._prefix_hidden if self._prefix_hidden is not None else self.encode()[0]
+        hidden = hidden.float()
         keep = self.valid[..., None].float()
         return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
