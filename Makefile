@@ -27,9 +27,11 @@ demos:
 config:
 	$(VLA) config --policy $(POLICY) --sim $(SIM) $(CONFIG_FLAG) $(ARGS)
 
+SUITE ?=
+WORKERS ?= 2
 eval:
-	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=<checkpoint dir>"; exit 2)
-	$(VLA) eval --ckpt $(CKPT) $(ARGS)
+	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=<checkpoint dir> [SUITE=libero_130|libero_spatial,...]"; exit 2)
+	$(if $(SUITE),$(VLA) sweep --ckpt $(CKPT) --suite $(SUITE) --workers $(WORKERS) $(ARGS),$(VLA) eval --ckpt $(CKPT) $(ARGS))
 
 test:
 	$(PY) -m pytest -q

@@ -25,6 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--ckpt", required=True)
     ev.add_argument("--tasks", default=None, help="comma-separated task ids (default: the ones trained on)")
     ev.add_argument("--episodes", type=int, default=None)
+    sw = sub.add_parser("sweep", help="evaluation sweep over LIBERO suites on worker processes (resumable)")
+    sw.add_argument("--ckpt", help="checkpoint directory")
+    sw.add_argument("--suite", default="libero_130", help="libero_130 or comma-separated suites")
+    sw.add_argument("--tasks", default=None, help="comma-separated task ids within each suite (default: all)")
+    sw.add_argument("--episodes", type=int, default=50, help="episodes per task (standard protocol: 50)")
+    sw.add_argument("--max-steps", type=int, default=None, help="default: the suite's standard value")
+    sw.add_argument("--workers", type=int, default=2)
+    sw.add_argument("--shard", default="0/1", help="i/N: run every N-th episode starting at i")
+    sw.add_argument("--out", default=None, help="results directory (default: <ckpt>/sweep_<suite>)")
+    sw.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two sweeps' results side by side")
     bench = sub.add_parser("bench", help="benchmarks; writes a results table")
     bench.add_argument("--out", default="bench_results")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
@@ -53,6 +63,8 @@ def _run(args) -> int:
             return 2
         print(json.dumps({k: v for k, v in report.items() if k != "tasks"}, indent=2))
         return 0
+    if args.cmd == "sweep":
+        return _sweep(args)
     if args.cmd == "bench":
         from vla.bench import run_all
 
@@ -71,6 +83,37 @@ def _run(args) -> int:
         print(train(cfg, cfg.data.dataset or str(experiment.ensure_demos(cfg))))
     else:
         experiment.finetune(cfg)
+    return 0
+
+
+def _sweep(args) -> int:
+    from vla.eval.report import compare, write_report
+
+    if args.compare:
+        print(compare(Path(args.compare[0]), Path(args.compare[1])))
+        return 0
+    if not args.ckpt:
+        raise ValueError("sweep needs --ckpt <checkpoint dir> (or --compare A B)")
+    import time
+
+    from vla.checkpoint import load_policy
+    from vla.eval.sweep import Protocol, resolve_suites, run_sweep
+
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit()):
+        raise ValueError(f"--shard must look like i/N, got {args.shard!r}")
+    tasks = [int(t) for t in args.tasks.split(",")] if args.tasks else None
+    suites = resolve_suites(args.suite, tasks)
+    policy = load_policy(args.ckpt)
+    protocol = Protocol(episodes_per_task=args.episodes, max_steps=args.max_steps,
+                        replan_steps=policy.cfg.eval.replan_steps, image_size=policy.cfg.demos.image_size)
+    out = Path(args.out or Path(args.ckpt) / f"sweep_{args.suite.replace(',', '+')}")
+    tic = time.perf_counter()
+    stats = run_sweep(policy, suites, out, protocol, args.workers, (int(index), int(count)))
+    stats["wall_seconds"] = round(time.perf_counter() - tic, 1)
+    summary = write_report(out, {"checkpoint": str(args.ckpt), "workers": args.workers, "shard": args.shard, **stats})
+    o = summary["overall"]
+    print(f"[sweep] {o['successes']}/{o['episodes']} successes, {stats['restarts']} worker restarts; report: {out / 'report.md'}")
     return 0
 
 

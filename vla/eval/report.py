@@ -1,0 +1,111 @@
+"""Sweep report: per-task and per-suite success with 95% Wilson intervals and episode lengths, as
+JSON, CSV and markdown with one PNG bar chart per suite; `compare` puts two sweeps side by side."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from vla.eval.stats import wilson_interval
+from vla.eval.sweep import read_results
+
+
+def _summary(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r["status"] == "ok"]
+    wins = sum(bool(r["success"]) for r in ok)
+    low, high = wilson_interval(wins, len(ok))
+    return {"episodes": len(ok), "successes": wins, "success_rate": wins / len(ok) if ok else 0.0,
+            "ci95": [low, high], "mean_steps": float(np.mean([r["steps"] for r in ok])) if ok else 0.0,
+            "errors": len(rows) - len(ok)}
+
+
+def summarize_sweep(out: Path) -> dict:
+    rows = list(read_results(out).values())
+    by_task: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    by_suite: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_task[(r["suite"], r["task"])].append(r)
+        by_suite[r["suite"]].append(r)
+    return {
+        "overall": _summary(rows),
+        "suites": {s: _summary(v) for s, v in sorted(by_suite.items())},
+        "tasks": {f"{s}/{t}": _summary(v) for (s, t), v in sorted(by_task.items())},
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def write_report(out: Path, extra: dict | None = None) -> dict:
+    """results.json, tasks.csv, report.md and suite_<name>.png in `out`."""
+    summary = summarize_sweep(out)
+    if extra:
+        summary["run"] = extra
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    with (out / "tasks.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["suite", "task", "episodes", "successes", "success_rate", "ci95_low", "ci95_high", "mean_steps", "errors"])
+        for key, s in summary["tasks"].items():
+            suite, task = key.rsplit("/", 1)
+            writer.writerow([suite, task, s["episodes"], s["successes"], f"{s['success_rate']:.4f}", f"{s['ci95'][0]:.4f}",
+                             f"{s['ci95'][1]:.4f}", f"{s['mean_steps']:.1f}", s["errors"]])
+    md = ["# Evaluation sweep", ""]
+    o = summary["overall"]
+    md += [f"Overall: **{o['successes']}/{o['episodes']} = {_pct(o['success_rate'])}** "
+           f"(95% CI {_pct(o['ci95'][0])}-{_pct(o['ci95'][1])}), mean episode length {o['mean_steps']:.0f} steps, "
+           f"{o['errors']} episodes abandoned after repeated worker crashes.", ""]
+    if extra:
+        md += [f"Run: {json.dumps(extra)}", ""]
+    md += ["| suite | success | 95% CI | episodes | mean steps |", "|---|---|---|---|---|"]
+    for suite, s in summary["suites"].items():
+        md.append(f"| {suite} | {_pct(s['success_rate'])} | {_pct(s['ci95'][0])}-{_pct(s['ci95'][1])} | {s['episodes']} | {s['mean_steps']:.0f} |")
+    for suite in summary["suites"]:
+        png = _bar_chart(out, suite, {k: v for k, v in summary["tasks"].items() if k.startswith(suite + "/")})
+        md += ["", f"## {suite}", "", f"![{suite}]({png.name})", "",
+               "| task | success | 95% CI | episodes | mean steps |", "|---|---|---|---|---|"]
+        for key, s in summary["tasks"].items():
+            if key.startswith(suite + "/"):
+                md.append(f"| {key} | {_pct(s['success_rate'])} | {_pct(s['ci95'][0])}-{_pct(s['ci95'][1])} | "
+                          f"{s['episodes']} | {s['mean_steps']:.0f} |")
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return summary
+
+
+def _bar_chart(out: Path, suite: str, tasks: dict[str, dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k.rsplit("/", 1)[1] for k in tasks]
+    rates = np.array([v["success_rate"] for v in tasks.values()])
+    low = rates - np.array([v["ci95"][0] for v in tasks.values()])
+    high = np.array([v["ci95"][1] for v in tasks.values()]) - rates
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(names) + 1.5), 3.0))
+    ax.bar(names, rates, yerr=[low, high], capsize=2, color="#4c72b0")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("task")
+    ax.set_ylabel("success (95% CI)")
+    ax.set_title(suite)
+    fig.tight_layout()
+    path = out / f"suite_{suite}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def compare(a: Path, b: Path) -> str:
+    """Markdown table of two sweeps' per-suite and per-task success, side by side."""
+    sa, sb = summarize_sweep(a), summarize_sweep(b)
+    lines = [f"| | {a} | {b} | difference |", "|---|---|---|---|"]
+    for level in ("suites", "tasks"):
+        for key in sorted(set(sa[level]) | set(sb[level])):
+            ra, rb = sa[level].get(key), sb[level].get(key)
+            cell = lambda s: f"{_pct(s['success_rate'])} ({s['successes']}/{s['episodes']})" if s else "-"  # noqa: E731
+            diff = f"{100 * (rb['success_rate'] - ra['success_rate']):+.1f} pt" if ra and rb else "-"
+            lines.append(f"| {key} | {cell(ra)} | {cell(rb)} | {diff} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,245 @@
+"""Evaluation sweeps over LIBERO suites on N worker processes: crash-proof, resumable, shardable.
+
+Episodes are (suite, task, init state) triples. Each worker runs one episode at a time; every
+control step the runner gathers the workers that need a new action chunk, runs the policy once on
+that batch (different tasks and instructions in one batch), and sends each worker its next action.
+A worker that crashes or hangs is restarted and its episode re-run from the start; a crashed
+attempt is never counted. Every finished episode is appended to `episodes.jsonl` at once (and
+flushed), so a sweep killed at any moment and started again runs only the missing episodes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sim.worker import CAMERAS, EnvError, EnvSpec, EnvWorker, WorkerCrashed
+
+EPISODES_FILE = "episodes.jsonl"
+MAX_ATTEMPTS = 3  # an episode whose worker crashes this often is reported as an error, not a result
+
+
+@dataclass(frozen=True)
+class Episode:
+    suite: str
+    task: int
+    init_state: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.suite}/{self.task}/{self.init_state}"
+
+
+@dataclass
+class Protocol:
+    """What makes numbers comparable. The defaults are the standard LIBERO protocol."""
+
+    episodes_per_task: int = 50  # the task's 50 fixed init states
+    first_init_state: int = 0
+    settle_steps: int = 10  # no-op steps after reset (in LiberoEnv)
+    max_steps: int | None = None  # None = the suite's standard value (sim.libero.MAX_STEPS)
+    seed: int = 7
+    replan_steps: int = 8
+    image_size: int = 128
+
+
+def resolve_suites(spec: str, tasks: list[int] | None = None) -> dict[str, list[int]]:
+    """'libero_130' (all five suites, 130 tasks) or comma-separated suite names -> {suite: task ids}.
+    Suite and task lists are LIBERO's own (its benchmark registry), not typed here."""
+    from sim.libero import list_suites, list_tasks
+
+    names = list_suites() if spec == "libero_130" else [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in list_suites()]
+    if unknown or not names:
+        raise ValueError(f"unknown suite(s) {unknown or spec!r}; valid: libero_130, {', '.join(list_suites())}")
+    out = {}
+    for name in names:
+        count = len(list_tasks(name))
+        chosen = list(range(count)) if tasks is None else tasks
+        bad = [t for t in chosen if not 0 <= t < count]
+        if bad:
+            raise ValueError(f"task ids {bad} out of range for {name} (0..{count - 1})")
+        out[name] = chosen
+    return out
+
+
+def plan_episodes(suites: dict[str, list[int]], protocol: Protocol, shard: tuple[int, int] = (0, 1)) -> list[Episode]:
+    """All episodes of the sweep in a fixed order, then this shard's share (every N-th one)."""
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be i/N with 0 <= i < N, got {index}/{count}")
+    episodes = [Episode(suite, task, protocol.first_init_state + k)
+                for suite, tasks in suites.items() for task in tasks for k in range(protocol.episodes_per_task)]
+    return episodes[index::count]
+
+
+def read_results(out: Path) -> dict[str, dict]:
+    """Finished episodes by key. A last line cut short by a kill is ignored (that episode re-runs)."""
+    path = out / EPISODES_FILE
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[row["key"]] = row
+    return done
+
+
+class _Slot:
+    """One worker and the episode it is running."""
+
+    def __init__(self, worker: EnvWorker):
+        self.worker = worker
+        self.episode: Episode | None = None
+        self.instruction = ""
+        self.max_steps = 0
+        self.steps = 0
+        self.queue: deque[np.ndarray] = deque()
+        self.started = 0.0
+        self.attempt = 0
+
+
+def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protocol = Protocol(), workers: int = 2,
+              shard: tuple[int, int] = (0, 1), sim_name: str = "libero", step_timeout_s: float = 120.0,
+              progress: bool = True) -> dict:
+    """Run (or finish) the sweep; returns counts. Results accumulate in out/episodes.jsonl."""
+    out.mkdir(parents=True, exist_ok=True)
+    _check_protocol(out, protocol, suites)
+    done = read_results(out)
+    todo = deque(e for e in plan_episodes(suites, protocol, shard) if e.key not in done)
+    total = len(todo)
+    attempts: dict[str, int] = {}
+    restarts = 0
+    cameras = list(policy.cfg.data.cameras)
+    cam_index = [CAMERAS.index(c) for c in cameras]
+    slots = [_Slot(EnvWorker(protocol.image_size, step_timeout_s)) for _ in range(min(workers, max(total, 1)))]
+    bar = tqdm(total=total, desc="sweep", disable=not progress, dynamic_ncols=True)
+    log = _open_log(out / EPISODES_FILE)
+    sim_s = policy_s = 0.0
+    try:
+        while todo or any(s.episode for s in slots):
+            for slot in slots:  # give idle workers the next episode
+                while slot.episode is None and todo:
+                    episode = todo.popleft()
+                    try:
+                        _start(slot, episode, protocol, sim_name)
+                    except WorkerCrashed:
+                        restarts += 1
+                        slot.worker.restart()
+                        _retry(todo, episode, attempts, log, bar)
+            active = [s for s in slots if s.episode is not None]
+            if not active:
+                break
+            need = [s for s in active if not s.queue]
+            if need:
+                tic = time.perf_counter()
+                _act(policy, need, cam_index, protocol)
+                policy_s += time.perf_counter() - tic
+            tic = time.perf_counter()
+            for slot in active:
+                slot.steps += 1
+                try:
+                    slot.worker.send({"cmd": "step", "action": slot.queue.popleft().tolist()})
+                except WorkerCrashed:
+                    slot.queue.clear()
+            for slot in active:
+                try:
+                    reply = slot.worker.receive()
+                except (WorkerCrashed, EnvError):  # a simulator error mid-episode is treated like a crash
+                    restarts += 1
+                    slot.worker.restart()
+                    _retry(todo, slot.episode, attempts, log, bar)
+                    slot.episode = None
+                    continue
+                if reply["done"] or slot.steps >= slot.max_steps:
+                    _finish(slot, bool(reply["done"]), log, 1 + attempts.get(slot.episode.key, 0))
+                    bar.update(1)
+            sim_s += time.perf_counter() - tic
+    finally:
+        log.close()
+        bar.close()
+        for slot in slots:
+            slot.worker.close()
+    return {"ran": total, "restarts": restarts, "sim_seconds": sim_s, "policy_seconds": policy_s}
+
+
+def _open_log(path: Path):
+    """Append mode; a line cut short by a kill is closed off first so it cannot swallow the next."""
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        if cut:
+            with path.open("a") as f:
+                f.write("\n")
+    return path.open("a")
+
+
+def _check_protocol(out: Path, protocol: Protocol, suites: dict[str, list[int]]) -> None:
+    """A resumed sweep must use the protocol it started with, or its numbers would mix."""
+    path = out / "protocol.json"
+    current = {"protocol": asdict(protocol), "suites": {k: list(v) for k, v in suites.items()}}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["protocol"] != current["protocol"]:
+            raise ValueError(f"{out} holds a sweep run with protocol {saved['protocol']}; this run asks for "
+                             f"{current['protocol']}. Use another output directory.")
+    else:
+        path.write_text(json.dumps(current, indent=2))
+
+
+def _start(slot: _Slot, episode: Episode, protocol: Protocol, sim_name: str) -> None:
+    spec = EnvSpec(sim_name, episode.suite, episode.task, protocol.image_size, protocol.max_steps, protocol.seed)
+    reply = slot.worker.reset(spec, episode.init_state)
+    slot.episode, slot.instruction, slot.max_steps = episode, reply["instruction"], int(reply["max_steps"])
+    slot.steps, slot.started = 0, time.perf_counter()
+    slot.queue.clear()
+
+
+def _retry(todo: deque, episode: Episode, attempts: dict[str, int], log, bar) -> None:
+    attempts[episode.key] = attempts.get(episode.key, 0) + 1
+    if attempts[episode.key] < MAX_ATTEMPTS:
+        todo.appendleft(episode)  # re-run from its init state; the crashed attempt is not counted
+        return
+    row = {"key": episode.key, **asdict(episode), "status": "error", "success": None, "steps": None,
+           "attempts": attempts[episode.key]}
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    bar.update(1)
+
+
+def _act(policy, slots: list[_Slot], cam_index: list[int], protocol: Protocol) -> None:
+    images, states = [], []
+    for slot in slots:
+        img, state = slot.worker.observation()
+        images.append(img[cam_index])
+        states.append(state)
+    # one noise stream per call, seeded from the episodes and their step, so reruns match
+    words = json.dumps([(s.episode.key, s.steps) for s in slots]).encode()
+    generator = torch.Generator().manual_seed(protocol.seed * 1_000_003 + zlib.crc32(words))
+    chunks = policy.act(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(states)),
+                        [s.instruction for s in slots], generator)
+    for slot, chunk in zip(slots, chunks):
+        slot.queue.extend(np.clip(chunk[:protocol.replan_steps], -1.0, 1.0))
+
+
+def _finish(slot: _Slot, success: bool, log, attempt: int) -> None:
+    episode = slot.episode
+    row = {"key": episode.key, **asdict(episode), "status": "ok", "success": success, "steps": slot.steps,
+           "seconds": round(time.perf_counter() - slot.started, 3), "attempts": attempt}
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    os.fsync(log.fileno())
+    slot.episode = None
+    slot.queue.clear()
