@@ -56,16 +56,18 @@ def _fault(step: int) -> None:
     if not spec:
         return
     fault = json.loads(spec)
-    marker = fault.get("marker")
-    if marker and os.path.exists(marker):
-        return
     for kind in ("segfault_at_step", "hang_at_step"):
-        if fault.get(kind) == step:
-            if marker:
-                open(marker, "w").close()
-            if kind == "segfault_at_step":
-                os.kill(os.getpid(), signal.SIGSEGV)
-            time.sleep(3600)
+        if fault.get(kind) != step:
+            continue
+        marker = fault.get("marker")
+        if marker:
+            try:  # atomic: of several workers reaching this step together, exactly one fires
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+        if kind == "segfault_at_step":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(3600)
 
 
 def _serve(conn, shm_name: str, image_size: int) -> None:
