@@ -6,6 +6,7 @@ noisy machine. Torch uses a fixed thread count (2) so results do not depend on t
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -46,6 +47,37 @@ def bench_env_steps(steps: int) -> list[dict]:
         label = f"robosuite Lift, {len(cams)} cameras" + (" 128x128" if cams else "")
         rows.append({"what": label, "steps_per_s": _rate(lambda: rs.step(noop), steps)})
         rs.close()
+    return rows
+
+
+def bench_workers(steps: int, counts: tuple[int, ...] = (1, 2)) -> list[dict]:
+    """LIBERO env steps/s through sweep worker processes (shared-memory observations), 1..N workers
+    stepping in lockstep as the sweep does; the one-process row above is the no-IPC baseline."""
+    from sim.worker import EnvSpec, EnvWorker
+
+    spec = EnvSpec("libero", "libero_spatial", 0, 128, 10_000)
+    noop = [0, 0, 0, 0, 0, 0, -1]
+    rows = []
+    for n in counts:
+        workers = [EnvWorker(128) for _ in range(n)]
+        try:
+            for w in workers:
+                w.reset(spec, 0)
+
+            def lockstep():
+                for w in workers:
+                    w.send({"cmd": "step", "action": noop})
+                for w in workers:
+                    w.receive()
+                    w.observation()
+
+            rows.append({"what": f"{n} worker process(es), 2 cameras 128x128", "steps_per_s": n * _rate(lockstep, steps)})
+        finally:
+            for w in workers:
+                w.close()
+    base = rows[0]["steps_per_s"]
+    for row in rows:
+        row["scaling_vs_1"] = row["steps_per_s"] / base
     return rows
 
 
@@ -109,15 +141,18 @@ def run_all(out: Path, quick: bool = False) -> dict:
     torch.set_num_threads(2)
     out.mkdir(parents=True, exist_ok=True)
     results = {
-        "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "cuda": torch.cuda.is_available()},
         "env_steps": bench_env_steps(20 if quick else 200),
+        "workers": bench_workers(20 if quick else 200, tuple(sorted({1, 2, os.cpu_count() or 2}))),
         "heads": bench_heads(2 if quick else 20),
         # the same comparison where compute dominates: 2 x 196 image tokens, width 512, 8 layers
         "heads_small": bench_heads(1 if quick else 5, "small_paligemma", 224),
     }
     md = ["# Benchmark results", "", f"Machine: {results['machine']}", "",
           "## Env steps/s (one process)", "", _table(results["env_steps"]), "",
+          "## Sweep workers: env steps/s through worker processes (lockstep, shared memory)", "",
+          _table(results["workers"]), "",
           "## Action heads: latency per chunk, actions/s, cost in full forward passes (batch 1, CPU, 2 threads)", "", _table(results["heads"]), "",
           "## Action heads on small_paligemma (random weights, ~28M, 224 px): compute-bound", "",
           _table(results["heads_small"]), ""]

@@ -126,18 +126,21 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
     slots = [_Slot(EnvWorker(protocol.image_size, step_timeout_s)) for _ in range(min(workers, max(total, 1)))]
     bar = tqdm(total=total, desc="sweep", disable=not progress, dynamic_ncols=True)
     log = _open_log(out / EPISODES_FILE)
-    sim_s = policy_s = 0.0
+    sim_s = policy_s = reset_s = 0.0
+    wall = time.perf_counter()
     try:
         while todo or any(s.episode for s in slots):
             for slot in slots:  # give idle workers the next episode
                 while slot.episode is None and todo:
                     episode = todo.popleft()
+                    tic = time.perf_counter()
                     try:
                         _start(slot, episode, protocol, sim_name)
                     except WorkerCrashed:
                         restarts += 1
                         slot.worker.restart()
                         _retry(todo, episode, attempts, log, bar)
+                    reset_s += time.perf_counter() - tic
             active = [s for s in slots if s.episode is not None]
             if not active:
                 break
@@ -171,7 +174,11 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
         bar.close()
         for slot in slots:
             slot.worker.close()
-    return {"ran": total, "restarts": restarts, "sim_seconds": sim_s, "policy_seconds": policy_s}
+    wall = time.perf_counter() - wall
+    # what the sweep itself costs beyond env construction/reset, simulation steps and the policy
+    overhead = wall - reset_s - sim_s - policy_s
+    return {"ran": total, "restarts": restarts, "reset_seconds": round(reset_s, 1), "sim_seconds": round(sim_s, 1),
+            "policy_seconds": round(policy_s, 1), "overhead_seconds": round(overhead, 2)}
 
 
 def _open_log(path: Path):

@@ -1,0 +1,57 @@
+"""Sweep bookkeeping without a simulator: episode planning, shards, the resumable log, reports."""
+import json
+
+import pytest
+
+from vla.eval.report import compare, write_report
+from vla.eval.sweep import EPISODES_FILE, Protocol, _open_log, plan_episodes, read_results
+
+
+def test_shards_partition_the_episodes():
+    suites = {"libero_spatial": [0, 1], "libero_10": [3]}
+    full = plan_episodes(suites, Protocol(episodes_per_task=5))
+    assert len(full) == 15 and len({e.key for e in full}) == 15
+    shards = [plan_episodes(suites, Protocol(episodes_per_task=5), (i, 4)) for i in range(4)]
+    assert sorted(e.key for s in shards for e in s) == sorted(e.key for e in full)
+    with pytest.raises(ValueError, match="i/N"):
+        plan_episodes(suites, Protocol(), (4, 4))
+
+
+def _write(out, rows):
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / EPISODES_FILE).open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def _row(task, i, success, steps=50, status="ok"):
+    return {"key": f"libero_spatial/{task}/{i}", "suite": "libero_spatial", "task": task, "init_state": i,
+            "status": status, "success": success, "steps": steps}
+
+
+def test_a_line_cut_by_a_kill_is_ignored_and_closed_off(tmp_path):
+    _write(tmp_path, [_row(0, 0, True)])
+    with (tmp_path / EPISODES_FILE).open("a") as f:
+        f.write('{"key": "libero_spatial/0/1", "su')  # SIGKILL mid-write
+    assert list(read_results(tmp_path)) == ["libero_spatial/0/0"]
+    with _open_log(tmp_path / EPISODES_FILE) as log:
+        log.write(json.dumps(_row(0, 1, False)) + "\n")
+    assert sorted(read_results(tmp_path)) == ["libero_spatial/0/0", "libero_spatial/0/1"]
+
+
+def test_report_counts_ci_and_errors(tmp_path):
+    rows = [_row(0, i, i < 3) for i in range(4)] + [_row(1, i, False, 220) for i in range(4)]
+    rows.append(_row(1, 4, None, None, status="error"))
+    _write(tmp_path, rows)
+    summary = write_report(tmp_path, {"workers": 2})
+    assert summary["overall"]["episodes"] == 8 and summary["overall"]["successes"] == 3
+    assert summary["tasks"]["libero_spatial/0"]["success_rate"] == 0.75
+    assert summary["tasks"]["libero_spatial/1"]["errors"] == 1
+    low, high = summary["tasks"]["libero_spatial/0"]["ci95"]
+    assert 0.3 < low < 0.75 < high < 1.0
+    assert (tmp_path / "suite_libero_spatial.png").stat().st_size > 1000
+    assert "| libero_spatial/0 | 75.0% |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "tasks.csv").read_text().splitlines()[1].startswith("libero_spatial,0,4,3,0.7500")
+    other = tmp_path / "b"
+    _write(other, [_row(0, i, True) for i in range(4)])
+    assert "| libero_spatial/0 | 75.0% (3/4) | 100.0% (4/4) | +25.0 pt |" in compare(tmp_path, other)
