@@ -70,6 +70,22 @@ def _fault(step: int) -> None:
         time.sleep(3600)
 
 
+def write_mp4(path: str, frames: list[np.ndarray], fps: int) -> None:
+    """H.264 mp4 through PyAV (bundled with lerobot); the directory is created as needed."""
+    import av
+
+    if not frames:
+        raise ValueError("no frames recorded for this episode (reset with record=True)")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
 def _serve(conn, shm_name: str, image_size: int) -> None:
     """Worker main loop: build/reuse the env named by each reset, step it, write obs into shm."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -80,11 +96,15 @@ def _serve(conn, shm_name: str, image_size: int) -> None:
     images = np.ndarray((len(CAMERAS), image_size, image_size, 3), np.uint8, shm.buf[:n_img])
     state = np.ndarray((STATE_DIM,), np.float32, shm.buf[n_img:n_img + STATE_DIM * 4])
     env, env_spec, steps = None, None, 0
+    frames: list[np.ndarray] = []  # the current episode's agentview frames, when recording
+    record = False
 
     def publish(obs) -> None:
         for i, cam in enumerate(CAMERAS):
             images[i] = obs.images[cam]
         state[:] = obs.state
+        if record:
+            frames.append(obs.images[CAMERAS[0]].copy())
 
     while True:
         msg = json.loads(conn.recv_bytes())
@@ -98,6 +118,8 @@ def _serve(conn, shm_name: str, image_size: int) -> None:
                         env.close()
                     env = sim.make_env(spec.sim, spec.suite, spec.task, spec.image_size, spec.max_steps, spec.seed)
                     env_spec = spec
+                record = bool(msg.get("record", False))
+                frames.clear()
                 publish(env.reset(msg["init_state"]))
                 steps = 0
                 reply = {"ok": True, "instruction": env.instruction, "max_steps": env.max_steps}
@@ -107,6 +129,9 @@ def _serve(conn, shm_name: str, image_size: int) -> None:
                 result = env.step(np.asarray(msg["action"], dtype=np.float32))
                 publish(result.observation)
                 reply = {"ok": True, "reward": result.reward, "done": result.done}
+            elif msg["cmd"] == "save_video":
+                write_mp4(msg["path"], frames, int(msg.get("fps", 20)))
+                reply = {"ok": True, "frames": len(frames)}
             else:
                 reply = {"ok": False, "error": f"unknown command {msg['cmd']!r}"}
         except Exception as err:  # an env error is reported, the worker stays up
@@ -160,8 +185,8 @@ class EnvWorker:
             raise EnvError(f"env error in worker {self.pid}: {reply['error']}")
         return reply
 
-    def reset(self, spec: EnvSpec, init_state: int) -> dict:
-        self.send({"cmd": "reset", "spec": asdict(spec), "init_state": init_state})
+    def reset(self, spec: EnvSpec, init_state: int, record: bool = False) -> dict:
+        self.send({"cmd": "reset", "spec": asdict(spec), "init_state": init_state, "record": record})
         return self.receive(max(self.timeout_s, 300.0))  # building a LIBERO env takes a while
 
     def observation(self) -> tuple[np.ndarray, np.ndarray]:

@@ -67,6 +67,15 @@ def test_a_worker_that_dies_mid_episode_is_replaced_and_the_episode_rerun(policy
     assert sorted(r["attempts"] for r in rows) == [1, 1, 1, 2]  # the crashed episode ran again, not counted
     summary = write_report(out)
     assert summary["overall"]["episodes"] == 4 and (out / "report.md").exists() and (out / "suite_libero_spatial.png").exists()
+    # failure videos (2 per task by default) are real mp4s linked from the report
+    videos = [r["video"] for r in rows if r["video"]]
+    assert len(videos) == 4 and all((out / v).stat().st_size > 1000 for v in videos)
+    import av
+
+    with av.open(str(out / videos[0])) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in container.decode(video=0)) == 13  # first observation + 12 steps
+    assert f"]({videos[0]})" in (out / "report.md").read_text()
 
 
 def test_a_sweep_killed_with_sigkill_finishes_only_the_missing_episodes(policy, tmp_path):

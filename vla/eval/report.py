@@ -24,6 +24,10 @@ def _summary(rows: list[dict]) -> dict:
 
 def summarize_sweep(out: Path) -> dict:
     rows = list(read_results(out).values())
+    videos: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        if r.get("video"):
+            videos[f"{r['suite']}/{r['task']}"].append(r["video"])
     by_task: dict[tuple[str, int], list[dict]] = defaultdict(list)
     by_suite: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -32,7 +36,8 @@ def summarize_sweep(out: Path) -> dict:
     return {
         "overall": _summary(rows),
         "suites": {s: _summary(v) for s, v in sorted(by_suite.items())},
-        "tasks": {f"{s}/{t}": _summary(v) for (s, t), v in sorted(by_task.items())},
+        "tasks": {f"{s}/{t}": {**_summary(v), "videos": sorted(videos.get(f"{s}/{t}", []))}
+                  for (s, t), v in sorted(by_task.items())},
     }
 
 
@@ -66,11 +71,12 @@ def write_report(out: Path, extra: dict | None = None) -> dict:
     for suite in summary["suites"]:
         png = _bar_chart(out, suite, {k: v for k, v in summary["tasks"].items() if k.startswith(suite + "/")})
         md += ["", f"## {suite}", "", f"![{suite}]({png.name})", "",
-               "| task | success | 95% CI | episodes | mean steps |", "|---|---|---|---|---|"]
+               "| task | success | 95% CI | episodes | mean steps | videos |", "|---|---|---|---|---|---|"]
         for key, s in summary["tasks"].items():
             if key.startswith(suite + "/"):
+                links = " ".join(f"[{Path(v).stem.rsplit('_', 1)[1]} {Path(v).stem.split('_')[-2]}]({v})" for v in s["videos"])
                 md.append(f"| {key} | {_pct(s['success_rate'])} | {_pct(s['ci95'][0])}-{_pct(s['ci95'][1])} | "
-                          f"{s['episodes']} | {s['mean_steps']:.0f} |")
+                          f"{s['episodes']} | {s['mean_steps']:.0f} | {links} |")
     (out / "report.md").write_text("\n".join(md) + "\n")
     return summary
 

@@ -49,6 +49,7 @@ class Protocol:
     seed: int = 7
     replan_steps: int = 8
     image_size: int = 128
+    videos_per_outcome: int = 2  # mp4s kept per task for successes and for failures (0 = none)
 
 
 def resolve_suites(spec: str, tasks: list[int] | None = None) -> dict[str, list[int]]:
@@ -120,6 +121,7 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
     todo = deque(e for e in plan_episodes(suites, protocol, shard) if e.key not in done)
     total = len(todo)
     attempts: dict[str, int] = {}
+    videos = _video_counts(done)
     restarts = 0
     cameras = list(policy.cfg.data.cameras)
     cam_index = [CAMERAS.index(c) for c in cameras]
@@ -135,7 +137,7 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
                     episode = todo.popleft()
                     tic = time.perf_counter()
                     try:
-                        _start(slot, episode, protocol, sim_name)
+                        _start(slot, episode, protocol, sim_name, videos)
                     except WorkerCrashed:
                         restarts += 1
                         slot.worker.restart()
@@ -166,7 +168,7 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
                     slot.episode = None
                     continue
                 if reply["done"] or slot.steps >= slot.max_steps:
-                    _finish(slot, bool(reply["done"]), log, 1 + attempts.get(slot.episode.key, 0))
+                    _finish(slot, bool(reply["done"]), log, 1 + attempts.get(slot.episode.key, 0), out, videos)
                     bar.update(1)
             sim_s += time.perf_counter() - tic
     finally:
@@ -206,9 +208,25 @@ def _check_protocol(out: Path, protocol: Protocol, suites: dict[str, list[int]])
         path.write_text(json.dumps(current, indent=2))
 
 
-def _start(slot: _Slot, episode: Episode, protocol: Protocol, sim_name: str) -> None:
+def _video_counts(done: dict[str, dict]) -> dict:
+    counts: dict = {"limit": 0}
+    for row in done.values():
+        if row.get("video"):
+            key = (row["suite"], row["task"], bool(row["success"]))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _wants_video(videos: dict, episode: Episode, success: bool) -> bool:
+    return videos.get((episode.suite, episode.task, success), 0) < videos["limit"]
+
+
+def _start(slot: _Slot, episode: Episode, protocol: Protocol, sim_name: str, videos: dict) -> None:
     spec = EnvSpec(sim_name, episode.suite, episode.task, protocol.image_size, protocol.max_steps, protocol.seed)
-    reply = slot.worker.reset(spec, episode.init_state)
+    videos["limit"] = protocol.videos_per_outcome
+    # record while this task still lacks a success or a failure video
+    record = _wants_video(videos, episode, True) or _wants_video(videos, episode, False)
+    reply = slot.worker.reset(spec, episode.init_state, record)
     slot.episode, slot.instruction, slot.max_steps = episode, reply["instruction"], int(reply["max_steps"])
     slot.steps, slot.started = 0, time.perf_counter()
     slot.queue.clear()
@@ -241,10 +259,20 @@ def _act(policy, slots: list[_Slot], cam_index: list[int], protocol: Protocol) -
         slot.queue.extend(np.clip(chunk[:protocol.replan_steps], -1.0, 1.0))
 
 
-def _finish(slot: _Slot, success: bool, log, attempt: int) -> None:
+def _finish(slot: _Slot, success: bool, log, attempt: int, out: Path, videos: dict) -> None:
     episode = slot.episode
     row = {"key": episode.key, **asdict(episode), "status": "ok", "success": success, "steps": slot.steps,
-           "seconds": round(time.perf_counter() - slot.started, 3), "attempts": attempt}
+           "seconds": round(time.perf_counter() - slot.started, 3), "attempts": attempt, "video": None}
+    if _wants_video(videos, episode, success):
+        name = f"videos/{episode.suite}_{episode.task}_{episode.init_state}_{'success' if success else 'failure'}.mp4"
+        try:
+            slot.worker.send({"cmd": "save_video", "path": str(out / name)})
+            slot.worker.receive()
+            row["video"] = name
+            key = (episode.suite, episode.task, success)
+            videos[key] = videos.get(key, 0) + 1
+        except (WorkerCrashed, EnvError) as err:  # the result stands without its video
+            print(f"[sweep] video for {episode.key} not written: {err}")
     log.write(json.dumps(row) + "\n")
     log.flush()
     os.fsync(log.fileno())
