@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from vla.eval.report import compare, write_report
+from vla.eval.report import compare, merge_shards, write_report
 from vla.eval.sweep import EPISODES_FILE, Protocol, _open_log, plan_episodes, read_results
 
 
@@ -55,3 +55,13 @@ def test_report_counts_ci_and_errors(tmp_path):
     other = tmp_path / "b"
     _write(other, [_row(0, i, True) for i in range(4)])
     assert "| libero_spatial/0 | 75.0% (3/4) | 100.0% (4/4) | +25.0 pt |" in compare(tmp_path, other)
+
+
+def test_shard_directories_merge_into_one_report_and_overlaps_are_refused(tmp_path):
+    _write(tmp_path / "s0", [_row(0, 0, True), _row(0, 2, False)])
+    _write(tmp_path / "s1", [_row(0, 1, True)])
+    summary = merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "all")
+    assert summary["overall"]["episodes"] == 3 and summary["overall"]["successes"] == 2
+    _write(tmp_path / "s2", [_row(0, 1, False)])
+    with pytest.raises(ValueError, match="more than one shard"):
+        merge_shards([tmp_path / "s1", tmp_path / "s2"], tmp_path / "bad")

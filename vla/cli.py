@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--shard", default="0/1", help="i/N: run every N-th episode starting at i")
     sw.add_argument("--out", default=None, help="results directory (default: <ckpt>/sweep_<suite>)")
     sw.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two sweeps' results side by side")
+    sw.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="merge shard directories into --out and report")
     bench = sub.add_parser("bench", help="benchmarks; writes a results table")
     bench.add_argument("--out", default="bench_results")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
@@ -87,10 +88,16 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    from vla.eval.report import compare, write_report
+    from vla.eval.report import compare, merge_shards, write_report
 
     if args.compare:
         print(compare(Path(args.compare[0]), Path(args.compare[1])))
+        return 0
+    if args.merge:
+        if not args.out:
+            raise ValueError("--merge needs --out <merged dir>")
+        o = merge_shards([Path(d) for d in args.merge], Path(args.out))["overall"]
+        print(f"[sweep] merged {len(args.merge)} shards: {o['successes']}/{o['episodes']}; report: {Path(args.out) / 'report.md'}")
         return 0
     if not args.ckpt:
         raise ValueError("sweep needs --ckpt <checkpoint dir> (or --compare A B)")

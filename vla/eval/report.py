@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vla.eval.stats import wilson_interval
-from vla.eval.sweep import read_results
+from vla.eval.sweep import EPISODES_FILE, read_results
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -102,6 +102,26 @@ def _bar_chart(out: Path, suite: str, tasks: dict[str, dict]) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def merge_shards(shards: list[Path], out: Path) -> dict:
+    """Combine shard directories (`--shard i/N` runs) into one sweep directory and report it.
+    The same episode in two shards is an error: shards must partition the sweep."""
+    merged: dict[str, dict] = {}
+    for shard in shards:
+        for key, row in read_results(shard).items():
+            if key in merged:
+                raise ValueError(f"episode {key} appears in more than one shard ({shard}); shards must not overlap")
+            merged[key] = row
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EPISODES_FILE).write_text("".join(json.dumps(r) + "\n" for r in merged.values()))
+    for shard in shards:  # keep the videos next to the merged log
+        for video in (shard / "videos").glob("*.mp4") if (shard / "videos").is_dir() else []:
+            (out / "videos").mkdir(exist_ok=True)
+            target = out / "videos" / video.name
+            if not target.exists():
+                target.write_bytes(video.read_bytes())
+    return write_report(out, {"merged_from": [str(s) for s in shards]})
 
 
 def compare(a: Path, b: Path) -> str:
