@@ -1,0 +1,93 @@
+"""Safety layer between the policy and the arm; on by default and not optional in the daemon.
+
+Every control step the raw policy action is checked against `SafetyLimits`:
+- NaN/inf anywhere, a wrong shape, a policy answer older than `max_action_age_s` or a camera frame
+  older than `max_frame_age_s` -> hold (the arm keeps its pose);
+- the translation is clipped to `max_step_m` per step and the target to the workspace box;
+- the rotation is clipped to `max_step_rad` per step;
+- the gripper command is rate-limited to `max_gripper_delta` per step;
+- joint velocities above `max_joint_velocity` -> hold.
+Each clip or hold is reported in `Command.events` (and logged by the daemon), never silent.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from real_robot.base import ActionScale, Command, RobotObservation
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    workspace_min: tuple[float, float, float] = (0.25, -0.35, 0.02)  # m, Franka base frame, above the table
+    workspace_max: tuple[float, float, float] = (0.75, 0.35, 0.60)
+    max_step_m: float = 0.02  # per control step (0.3 m/s at 15 Hz)
+    max_step_rad: float = 0.15
+    max_gripper_delta: float = 0.5  # per step, in [-1, 1] units
+    max_joint_velocity: float = 1.5  # rad/s, below the Franka's 2.1-2.6 rad/s hardware limits
+    max_action_age_s: float = 0.2
+    max_frame_age_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        lo, hi = np.array(self.workspace_min), np.array(self.workspace_max)
+        if not np.all(lo < hi):
+            raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
+        for name in ("max_step_m", "max_step_rad", "max_gripper_delta", "max_joint_velocity", "max_action_age_s",
+                     "max_frame_age_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"safety limit {name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class SafetyFilter:
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+    scale: ActionScale = field(default_factory=ActionScale)
+    _gripper: float | None = None
+
+    def hold(self, obs: RobotObservation, why: str) -> Command:
+        s = obs.state
+        gripper = self._gripper if self._gripper is not None else 0.0
+        return Command(s.ee_position.copy(), np.zeros(3), gripper, hold=True, events=(why,))
+
+    def __call__(self, action: np.ndarray, obs: RobotObservation, action_time: float, now: float | None = None) -> Command:
+        """The command to send for a raw policy `action` computed at `action_time` (monotonic)."""
+        now = time.monotonic() if now is None else now
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (7,):
+            return self.hold(obs, f"hold: action shape {a.shape}, expected (7,)")
+        if not np.all(np.isfinite(a)):
+            return self.hold(obs, f"hold: non-finite action {a.tolist()}")
+        if now - action_time > self.limits.max_action_age_s:
+            return self.hold(obs, f"hold: action is {now - action_time:.3f} s old (limit {self.limits.max_action_age_s})")
+        stale = [n for n, f in obs.frames.items() if now - f.timestamp > self.limits.max_frame_age_s]
+        if stale:
+            return self.hold(obs, f"hold: stale camera frames {stale}")
+        fast = np.abs(obs.state.joint_velocities).max(initial=0.0)
+        if fast > self.limits.max_joint_velocity:
+            return self.hold(obs, f"hold: joint velocity {fast:.2f} rad/s over {self.limits.max_joint_velocity}")
+        events: list[str] = []
+        if np.any(np.abs(a) > 1.0):
+            events.append(f"clip: action outside [-1, 1] {np.round(a, 3).tolist()}")
+            a = np.clip(a, -1.0, 1.0)
+        delta = a[:3] * self.scale.meters
+        step = np.linalg.norm(delta)
+        if step > self.limits.max_step_m:
+            delta *= self.limits.max_step_m / step
+            events.append(f"clip: translation {step:.4f} m -> {self.limits.max_step_m} m")
+        target = obs.state.ee_position + delta
+        boxed = np.clip(target, self.limits.workspace_min, self.limits.workspace_max)
+        if not np.allclose(boxed, target):
+            events.append(f"clip: target {np.round(target, 3).tolist()} into the workspace box")
+        rot = a[3:6] * self.scale.radians
+        angle = np.linalg.norm(rot)
+        if angle > self.limits.max_step_rad:
+            rot *= self.limits.max_step_rad / angle
+            events.append(f"clip: rotation {angle:.3f} rad -> {self.limits.max_step_rad} rad")
+        gripper = float(a[6])
+        if self._gripper is not None and abs(gripper - self._gripper) > self.limits.max_gripper_delta:
+            gripper = self._gripper + np.sign(gripper - self._gripper) * self.limits.max_gripper_delta
+            events.append(f"clip: gripper rate -> {gripper:+.2f}")
+        self._gripper = gripper
+        return Command(boxed, rot, gripper, hold=False, events=tuple(events))

@@ -1,0 +1,69 @@
+"""The safety layer: whatever the policy returns, the command stays inside the limits or holds."""
+import numpy as np
+import pytest
+
+from real_robot.base import CameraFrame, RobotObservation, RobotState
+from real_robot.safety import SafetyFilter, SafetyLimits
+
+NOW = 100.0
+
+
+def _obs(pos=(0.5, 0.0, 0.3), joint_vel=0.0, frame_age=0.0):
+    state = RobotState(np.zeros(7), np.full(7, joint_vel), np.array(pos, dtype=float), np.zeros(3), 0.04, NOW)
+    frames = {"agentview": CameraFrame(np.zeros((8, 8, 3), np.uint8), NOW - frame_age)}
+    return RobotObservation(state, frames)
+
+
+def test_non_finite_wrong_shape_stale_or_fast_means_hold_at_the_current_pose():
+    f = SafetyFilter()
+    obs = _obs()
+    cases = {
+        "non-finite": (np.array([np.nan, 0, 0, 0, 0, 0, 1.0]), obs, NOW),
+        "shape": (np.zeros(6), obs, NOW),
+        "old": (np.zeros(7), obs, NOW - 1.0),
+        "stale camera": (np.zeros(7), _obs(frame_age=0.5), NOW),
+        "joint velocity": (np.zeros(7), _obs(joint_vel=2.0), NOW),
+    }
+    for why, (action, o, t) in cases.items():
+        cmd = f(action, o, t, now=NOW)
+        assert cmd.hold and np.array_equal(cmd.target_position, o.state.ee_position), why
+        assert cmd.events and cmd.events[0].startswith("hold:"), why
+
+
+def test_translation_rotation_workspace_and_gripper_are_clipped_and_reported():
+    limits = SafetyLimits()
+    f = SafetyFilter(limits)
+    cmd = f(np.array([1.0, 1.0, 0, 1.0, 0, 0, -1.0]), _obs(), NOW, now=NOW)
+    step = np.linalg.norm(cmd.target_position - _obs().state.ee_position)
+    assert step == pytest.approx(limits.max_step_m) and np.linalg.norm(cmd.delta_rotvec) == pytest.approx(limits.max_step_rad)
+    assert any("translation" in e for e in cmd.events) and any("rotation" in e for e in cmd.events)
+    # pushing down into the table from just above it stops at the box floor
+    cmd = f(np.array([0, 0, -1.0, 0, 0, 0, -1.0]), _obs(pos=(0.5, 0.0, 0.025)), NOW, now=NOW)
+    assert cmd.target_position[2] == pytest.approx(limits.workspace_min[2]) and any("workspace" in e for e in cmd.events)
+    # open -> close is rate-limited: -1 -> -0.5 -> 0 -> 0.5 -> 1
+    grips = [f(np.array([0, 0, 0, 0, 0, 0, 1.0]), _obs(), NOW, now=NOW).gripper for _ in range(4)]
+    assert grips == pytest.approx([-0.5, 0.0, 0.5, 1.0])
+
+
+def test_fuzzed_actions_never_leave_the_limits():
+    limits = SafetyLimits()
+    f = SafetyFilter(limits)
+    rng = np.random.default_rng(0)
+    lo, hi = np.array(limits.workspace_min), np.array(limits.workspace_max)
+    for _ in range(3000):
+        action = rng.normal(scale=rng.choice([0.5, 5.0, 1e6]), size=7)
+        if rng.random() < 0.05:
+            action[rng.integers(7)] = rng.choice([np.nan, np.inf, -np.inf])
+        pos = rng.uniform(lo, hi)
+        cmd = f(action, _obs(pos=pos), NOW, now=NOW)
+        assert np.all(cmd.target_position >= lo - 1e-12) and np.all(cmd.target_position <= hi + 1e-12)
+        assert np.linalg.norm(cmd.target_position - pos) <= limits.max_step_m + 1e-9
+        assert np.linalg.norm(cmd.delta_rotvec) <= limits.max_step_rad + 1e-9
+        assert -1.0 <= cmd.gripper <= 1.0 and np.all(np.isfinite(cmd.target_position))
+
+
+def test_bad_limits_are_refused():
+    with pytest.raises(ValueError, match="workspace_min"):
+        SafetyLimits(workspace_min=(1, 0, 0), workspace_max=(0, 1, 1))
+    with pytest.raises(ValueError, match="max_step_m"):
+        SafetyLimits(max_step_m=0)
