@@ -81,6 +81,40 @@ def bench_workers(steps: int, counts: tuple[int, ...] = (1, 2)) -> list[dict]:
     return rows
 
 
+def bench_server(repeats: int) -> list[dict]:
+    """Policy server round trip on loopback vs the same inference called directly: two 224x224
+    cameras, the tiny OFT policy (so the difference is the server's cost, not the model's)."""
+    import asyncio
+    import threading
+
+    from real_robot.client import PolicyClient
+    from real_robot.server import PolicyServer, policy_infer
+    from vla.checkpoint import norm_specs
+    from vla.config import ExperimentConfig
+    from vla.model import Policy
+    from vla.normalize import Normalizer, compute_stats
+
+    rng = np.random.default_rng(0)
+    stats = {"action": compute_stats(rng.normal(size=(64, 7)), "action"), "state": compute_stats(rng.normal(size=(64, 8)), "state")}
+    cfg = ExperimentConfig()
+    infer = policy_infer(Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval())
+    obs = {"observation/image": rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
+           "observation/wrist_image": rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
+           "observation/state": np.zeros(8, np.float32), "prompt": "put the bowl on the plate"}
+    ports: list[int] = []
+    ready = threading.Event()
+    server = PolicyServer(infer, port=0)
+    threading.Thread(target=lambda: asyncio.run(server.serve(lambda p: (ports.append(p), ready.set()))), daemon=True).start()
+    ready.wait(30)
+    client = PolicyClient(port=ports[0])
+    direct_ms = 1000 / _rate(lambda: infer(obs), repeats)
+    served_ms = 1000 / _rate(lambda: client.infer(obs), repeats)
+    client.close()
+    return [{"what": "inference called directly", "ms": direct_ms},
+            {"what": "through the policy server (loopback, msgpack, 2 x 224x224 images)", "ms": served_ms,
+             "overhead_ms": served_ms - direct_ms}]
+
+
 HEAD_VARIANTS = {  # label -> head overrides; all on the same tiny backbone, same 8x7 chunk
     "oft (L1, parallel)": {"type": "oft"},
     "oft (bin tokens, parallel)": {"type": "oft", "oft_output": "tokens"},
@@ -146,6 +180,7 @@ def run_all(out: Path, quick: bool = False) -> dict:
         "env_steps": bench_env_steps(20 if quick else 200),
         "workers": bench_workers(20 if quick else 200, tuple(sorted({1, 2, os.cpu_count() or 2}))),
         "heads": bench_heads(2 if quick else 20),
+        "server": bench_server(5 if quick else 50),
         # the same comparison where compute dominates: 2 x 196 image tokens, width 512, 8 layers
         "heads_small": bench_heads(1 if quick else 5, "small_paligemma", 224),
     }
@@ -154,6 +189,7 @@ def run_all(out: Path, quick: bool = False) -> dict:
           "## Sweep workers: env steps/s through worker processes (lockstep, shared memory)", "",
           _table(results["workers"]), "",
           "## Action heads: latency per chunk, actions/s, cost in full forward passes (batch 1, CPU, 2 threads)", "", _table(results["heads"]), "",
+          "## Policy server round trip (loopback)", "", _table(results["server"]), "",
           "## Action heads on small_paligemma (random weights, ~28M, 224 px): compute-bound", "",
           _table(results["heads_small"]), ""]
     (out / "results.md").write_text("\n".join(md))

@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--out", default=None, help="results directory (default: <ckpt>/sweep_<suite>)")
     sw.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two sweeps' results side by side")
     sw.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="merge shard directories into --out and report")
+    sv = sub.add_parser("serve", help="serve a checkpoint over websocket + msgpack (openpi protocol)")
+    sv.add_argument("--ckpt", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --api-key")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None)
     bench = sub.add_parser("bench", help="benchmarks; writes a results table")
     bench.add_argument("--out", default="bench_results")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
@@ -66,6 +71,15 @@ def _run(args) -> int:
         return 0
     if args.cmd == "sweep":
         return _sweep(args)
+    if args.cmd == "serve":
+        from real_robot.server import policy_infer, run
+        from vla.checkpoint import load_policy
+
+        policy = load_policy(args.ckpt)
+        meta = {"checkpoint": str(args.ckpt), "policy": policy.cfg.policy, "chunk_size": policy.cfg.head.chunk_size,
+                "action_dim": policy.cfg.head.action_dim, "cameras": list(policy.cfg.data.cameras)}
+        run(policy_infer(policy), args.host, args.port, args.api_key, meta)
+        return 0
     if args.cmd == "bench":
         from vla.bench import run_all
 
