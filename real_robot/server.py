@@ -16,6 +16,7 @@ import http
 import ipaddress
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -73,7 +74,14 @@ class PolicyServer:
             raise ValueError(f"refusing to serve on non-loopback address {host!r} without an API key (--api-key)")
         self.infer, self.host, self.port = infer, host, port
         self.api_key, self.metadata = api_key, metadata or {}
-        self._lock = asyncio.Lock()  # one inference at a time: the model is not re-entrant
+        # one inference at a time, always on the same thread: the model is not re-entrant, and torch's
+        # OpenMP thread team is per calling thread (a rotating pool would build several)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+
+    def _timed_infer(self, obs: dict) -> tuple[dict, float]:
+        started = time.perf_counter()
+        reply = self.infer(obs)
+        return reply, (time.perf_counter() - started) * 1000
 
     def _process_request(self, connection, request):
         if request.path == "/healthz":
@@ -94,10 +102,7 @@ class PolicyServer:
                 obs = unpack(message)
                 if not isinstance(obs, dict):
                     raise WireError(f"expected a map of observations, got {type(obs).__name__}")
-                async with self._lock:
-                    started = time.perf_counter()
-                    reply = await asyncio.to_thread(self.infer, obs)
-                    infer_ms = (time.perf_counter() - started) * 1000
+                reply, infer_ms = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_infer, obs)
                 reply = dict(reply)
                 reply["server_timing"] = {"infer_ms": infer_ms, "server_ms": (time.perf_counter() - received) * 1000}
                 await websocket.send(pack(reply))

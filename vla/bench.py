@@ -83,13 +83,15 @@ def bench_workers(steps: int, counts: tuple[int, ...] = (1, 2)) -> list[dict]:
 
 def bench_server(repeats: int) -> list[dict]:
     """Policy server round trip on loopback vs the same inference called directly: two 224x224
-    cameras, the tiny OFT policy (so the difference is the server's cost, not the model's)."""
-    import asyncio
-    import threading
+    cameras, the tiny OFT policy. The server is its own process (`vla serve`), as in deployment;
+    in-process it would share the GIL with the client and measure that instead."""
+    import subprocess
+    import sys
+    import tempfile
 
     from real_robot.client import PolicyClient
-    from real_robot.server import PolicyServer, policy_infer
-    from vla.checkpoint import norm_specs
+    from real_robot.server import policy_infer
+    from vla.checkpoint import norm_specs, save_policy
     from vla.config import ExperimentConfig
     from vla.model import Policy
     from vla.normalize import Normalizer, compute_stats
@@ -97,22 +99,34 @@ def bench_server(repeats: int) -> list[dict]:
     rng = np.random.default_rng(0)
     stats = {"action": compute_stats(rng.normal(size=(64, 7)), "action"), "state": compute_stats(rng.normal(size=(64, 8)), "state")}
     cfg = ExperimentConfig()
-    infer = policy_infer(Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval())
+    policy = Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval()
+    infer = policy_infer(policy)
     obs = {"observation/image": rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
            "observation/wrist_image": rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
            "observation/state": np.zeros(8, np.float32), "prompt": "put the bowl on the plate"}
-    ports: list[int] = []
-    ready = threading.Event()
-    server = PolicyServer(infer, port=0)
-    threading.Thread(target=lambda: asyncio.run(server.serve(lambda p: (ports.append(p), ready.set()))), daemon=True).start()
-    ready.wait(30)
-    client = PolicyClient(port=ports[0])
     direct_ms = 1000 / _rate(lambda: infer(obs), repeats)
-    served_ms = 1000 / _rate(lambda: client.infer(obs), repeats)
-    client.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_policy(policy, Path(tmp) / "ckpt")
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        proc = subprocess.Popen([sys.executable, "-m", "vla.cli", "serve", "--ckpt", str(Path(tmp) / "ckpt"), "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        try:
+            line = ""
+            while not line.startswith("[serve]"):
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError("vla serve exited before it was ready")
+            client = PolicyClient(port=int(line.split(":")[-1].split()[0]))
+            served_ms = 1000 / _rate(lambda: client.infer(obs), repeats)
+            timing = client.infer(obs)["server_timing"]
+            client.close()
+        finally:
+            proc.kill()
+            proc.wait()
     return [{"what": "inference called directly", "ms": direct_ms},
-            {"what": "through the policy server (loopback, msgpack, 2 x 224x224 images)", "ms": served_ms,
-             "overhead_ms": served_ms - direct_ms}]
+            {"what": "through `vla serve` (own process, loopback, msgpack, 2 x 224x224 images)", "ms": served_ms,
+             "overhead_ms": served_ms - direct_ms, "server_side_infer_ms": timing["infer_ms"],
+             "wire_ms": served_ms - timing["infer_ms"]}]
 
 
 HEAD_VARIANTS = {  # label -> head overrides; all on the same tiny backbone, same 8x7 chunk
