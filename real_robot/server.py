@@ -40,6 +40,8 @@ def _is_loopback(host: str) -> bool:
 
 def policy_infer(policy) -> Callable[[dict], dict]:
     """Adapt a `vla.model.Policy` to observation dicts in openpi's LIBERO layout."""
+    import torch
+
     cameras = list(policy.cfg.data.cameras)
 
     def infer(obs: dict) -> dict:
@@ -59,8 +61,6 @@ def policy_infer(policy) -> Callable[[dict], dict]:
         state = np.asarray(obs["observation/state"], dtype=np.float32)
         if state.shape != (policy.state_dim,) or not np.all(np.isfinite(state)):
             raise ValueError(f"observation/state must be {policy.state_dim} finite numbers, got {state.shape}")
-        import torch
-
         chunk = policy.act(torch.from_numpy(np.stack(images))[None], torch.from_numpy(state)[None], [obs["prompt"]])
         return {"actions": chunk[0].astype(np.float32)}
 

@@ -51,11 +51,7 @@ def _layout(image_size: int) -> tuple[int, int]:
     return images, images + STATE_DIM * 4
 
 
-def _fault(step: int) -> None:
-    spec = os.environ.get("VLA_FAULT_INJECT")
-    if not spec:
-        return
-    fault = json.loads(spec)
+def _fault(fault: dict, step: int) -> None:
     for kind in ("segfault_at_step", "hang_at_step"):
         if fault.get(kind) != step:
             continue
@@ -96,6 +92,7 @@ def _serve(conn, shm_name: str, image_size: int) -> None:
     images = np.ndarray((len(CAMERAS), image_size, image_size, 3), np.uint8, shm.buf[:n_img])
     state = np.ndarray((STATE_DIM,), np.float32, shm.buf[n_img:n_img + STATE_DIM * 4])
     env, env_spec, steps = None, None, 0
+    fault = json.loads(os.environ.get("VLA_FAULT_INJECT") or "{}")  # read once, checked per step
     frames: list[np.ndarray] = []  # the current episode's agentview frames, when recording
     record = False
 
@@ -125,7 +122,8 @@ def _serve(conn, shm_name: str, image_size: int) -> None:
                 reply = {"ok": True, "instruction": env.instruction, "max_steps": env.max_steps}
             elif msg["cmd"] == "step":
                 steps += 1
-                _fault(steps)
+                if fault:
+                    _fault(fault, steps)
                 result = env.step(np.asarray(msg["action"], dtype=np.float32))
                 publish(result.observation)
                 reply = {"ok": True, "reward": result.reward, "done": result.done}

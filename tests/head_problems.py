@@ -2,12 +2,25 @@
 on the tiny PaliGemma backbone, each with its own target chunk in [-0.8, 0.8]."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vla.backbones import build_backbone
 from vla.config import BackboneConfig, HeadConfig, merge
 from vla.heads import build_head
 from vla.sequence import Prefix
+
+
+def chain_log_prob_by_hand(chain: torch.Tensor, steps, step_distribution) -> torch.Tensor:
+    """Sum over denoising steps of log N(x_{k+1}; mean_k, std_k^2), written out from the Gaussian
+    density (not torch.distributions), with `step_distribution(x_k, step) -> (mean, std)`."""
+    total = torch.zeros(chain.shape[0])
+    for k, step in enumerate(steps):
+        mean, std = step_distribution(chain[:, k], step)
+        var = std**2
+        total += (-(chain[:, k + 1] - mean) ** 2 / (2 * var) - 0.5 * torch.log(2 * math.pi * var)).flatten(1).sum(-1)
+    return total
 
 
 class Problem:

@@ -1,11 +1,10 @@
 """The diffusion head: learns a fixed batch, samples with diffusers' DDIM, and its DPPO log-prob is
 exactly the Gaussian of each DDIM step computed from the schedule's alphas by hand."""
-import math
 
 import pytest
 import torch
 
-from head_problems import Problem
+from head_problems import Problem, chain_log_prob_by_hand
 
 
 def test_diffusion_overfits_a_fixed_batch():
@@ -37,13 +36,14 @@ def test_dppo_log_prob_matches_a_direct_gaussian_computation(eta):
         s = p.head.sample_rl(p.prefix(), torch.Generator().manual_seed(0))
         chain = s.record["chain"]
         assert chain.shape == (4, 6, 4, 3) and torch.equal(chain[:, -1], s.actions)
-        direct = torch.zeros(4)
         stds = []
-        for k, t in enumerate(p.head.scheduler.timesteps.tolist()):
-            mean, std = _ddim_step_by_hand(p.head, p.prefix(), chain[:, k], t)
+
+        def by_hand(x, t):
+            mean, std = _ddim_step_by_hand(p.head, p.prefix(), x, t)
             stds.append(float(std))
-            var = std**2
-            direct += (-(chain[:, k + 1] - mean) ** 2 / (2 * var) - 0.5 * torch.log(2 * math.pi * var)).flatten(1).sum(-1)
+            return mean, std
+
+        direct = chain_log_prob_by_hand(chain, p.head.scheduler.timesteps.tolist(), by_hand)
         lp, ent = p.head.evaluate(p.prefix(), s.record)
     assert torch.allclose(lp, direct, rtol=1e-4, atol=1e-3), (lp, direct)
     assert torch.allclose(s.log_prob, direct, rtol=1e-4, atol=1e-3)

@@ -70,11 +70,14 @@ class TokenizedHead(ActionHead):
         return prefix.backbone.lm_logits(hidden)[..., self.tokens.first_id:].float()
 
     def _teacher_forced_logits(self, prefix: Prefix, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = actions.shape[0]
-        ids = self.tokens.to_ids(actions).reshape(b, self.n_tokens)
-        inputs = torch.cat([self.start.expand(b, -1, -1), prefix.backbone.embed_tokens(ids[:, :-1])], dim=1)
-        hidden = prefix.run_with_suffix(inputs, causal_suffix=True)
-        return self._bin_logits(prefix, hidden), ids - self.tokens.first_id
+        bins = self.tokens.to_bins(actions).reshape(actions.shape[0], self.n_tokens)
+        return self._bin_logits_given(prefix, bins), bins
+
+    def _bin_logits_given(self, prefix: Prefix, bins: torch.Tensor) -> torch.Tensor:
+        """Bin logits at every position when the previous bins (B, T*A) are fed in (teacher forcing)."""
+        ids = bins + self.tokens.first_id
+        inputs = torch.cat([self.start.expand(bins.shape[0], -1, -1), prefix.backbone.embed_tokens(ids[:, :-1])], dim=1)
+        return self._bin_logits(prefix, prefix.run_with_suffix(inputs, causal_suffix=True))
 
     def loss(self, prefix, actions, pad, generator=None):
         logits, bins = self._teacher_forced_logits(prefix, actions)
@@ -91,8 +94,7 @@ class TokenizedHead(ActionHead):
 
     def evaluate(self, prefix, record):
         bins = record["bins"]
-        actions = self.tokens.from_bins(bins).reshape(-1, self.chunk_size, self.action_dim)
-        logits, _ = self._teacher_forced_logits(prefix, actions)
+        logits = self._bin_logits_given(prefix, bins)
         lp, ent = token_scores(logits / self.temperature, bins)
         return lp.sum(-1), ent.sum(-1)
 
