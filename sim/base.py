@@ -37,6 +37,8 @@ class Env(Protocol):
     def reset(self, init_state_index: int | None = None) -> Observation:
         """Reset to a fixed init state (if given), run the settling no-op steps, return the first obs."""
 
-    def step(self, action: np.ndarray) -> StepResult: ...
+    def step(self, action: np.ndarray, observe: bool = True) -> StepResult:
+        """One control step. observe=False may skip rendering (the images are then the last
+        rendered ones); physics, state, reward and done are the same either way."""
 
     def close(self) -> None: ...

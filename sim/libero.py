@@ -191,6 +191,33 @@ class LiberoEnv:
         self._steps = 0
         self._random_resets = 0
         self._needs_reset = True
+        self._render = True  # read by the gated camera sensors (see _gate_cameras)
+        self._last_frames: dict[str, np.ndarray] = {}
+
+    def _gate_cameras(self) -> None:
+        """Make the camera observables render only while `self._render` is set.
+
+        Rendering is ~85% of a LIBERO step on CPU, and a chunked policy looks at one frame in
+        `replan_steps`. The gate wraps robosuite's own camera sensor, so a frame that is rendered is
+        rendered at exactly the moment (and with the pixels) robosuite would; skipped steps keep the
+        last frame. A hard reset replaces the sensors, so this runs after every reset.
+        """
+        observables = self._env.env._observables
+        for key in CAMERAS.values():
+            observable = observables[key]
+            render = observable._sensor
+            if getattr(render, "vla_gated", False):
+                continue
+
+            def gated(obs_cache, render=render, key=key):
+                if self._render or key not in self._last_frames:
+                    self._last_frames[key] = render(obs_cache)
+                return self._last_frames[key]
+
+            gated.__modality__ = render.__modality__
+            gated.vla_gated = True
+            self._last_frames.pop(key, None)
+            observable.set_sensor(gated)
 
     def _observation(self, raw: dict[str, np.ndarray]) -> Observation:
         # LIBERO renders upside down; rotate 180 degrees (flip H and W) like every published pipeline.
@@ -204,19 +231,28 @@ class LiberoEnv:
         else:
             state = check_init_state_index(self.suite, self.task_id, init_state_index)
             raw = reset_to_init_state(self._env, state, self.seed, init_state_index)
-        for _ in range(self.settle_steps):  # objects start a few cm in the air
+        self._gate_cameras()
+        for k in range(self.settle_steps):  # objects start a few cm in the air; only the last frame is seen
+            self._render = k == self.settle_steps - 1
             raw, _, _, _ = self._env.step(SETTLE_ACTION)
+        self._render = True
         self._steps = 0
         self._needs_reset = False
         return self._observation(raw)
 
-    def step(self, action: np.ndarray) -> StepResult:
+    def step(self, action: np.ndarray, observe: bool = True) -> StepResult:
+        """observe=False skips rendering: physics, state, reward and done are exact, the images are
+        the last rendered ones (for steps whose frame no policy will look at)."""
         a = validate_action(action)
         if self._needs_reset:
             raise RuntimeError("LiberoEnv.step called before reset()")
         if self._steps >= self.max_steps:
             raise RuntimeError(f"episode already used its max_steps={self.max_steps}; call reset()")
-        raw, reward, done, _ = self._env.step(a)
+        self._render = observe
+        try:
+            raw, reward, done, _ = self._env.step(a)
+        finally:
+            self._render = True
         self._steps += 1
         info = {"success": bool(done), "steps": self._steps, "truncated": self._steps >= self.max_steps}
         return StepResult(observation=self._observation(raw), reward=float(reward), done=bool(done), info=info)

@@ -81,17 +81,20 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
             self._reset_one(i)
         return self._obs(), {"instruction": list(self.instructions), "init_state": list(self.current_init_state)}
 
-    def step(self, actions: np.ndarray):
+    def step(self, actions: np.ndarray, observe: np.ndarray | None = None):
+        """`observe[i]=False` lets env i skip rendering this step (its images stay the last rendered
+        ones); a chunked policy observes only the step before it replans. Default: all observed."""
         actions = np.asarray(actions, dtype=np.float32)
+        observe = np.ones(self.num_envs, dtype=bool) if observe is None else np.asarray(observe, dtype=bool)
         if actions.shape != (self.num_envs, 7):
             raise ValueError(f"actions must have shape ({self.num_envs}, 7), got {actions.shape}")
         rewards = np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         restarted = np.zeros(self.num_envs, dtype=bool)
-        for w, a in zip(self._workers, actions):
+        for w, a, look in zip(self._workers, actions, observe):
             try:
-                w.send({"cmd": "step", "action": a.tolist()})
+                w.send({"cmd": "step", "action": a.tolist(), "observe": bool(look)})
             except WorkerCrashed:
                 pass  # noticed in receive
         for i, w in enumerate(self._workers):

@@ -96,9 +96,10 @@ def _serve(conn, shm_name: str, image_size: int) -> None:
     frames: list[np.ndarray] = []  # the current episode's agentview frames, when recording
     record = False
 
-    def publish(obs) -> None:
-        for i, cam in enumerate(CAMERAS):
-            images[i] = obs.images[cam]
+    def publish(obs, observed: bool = True) -> None:
+        if observed:  # unobserved steps leave the last rendered frames in place
+            for i, cam in enumerate(CAMERAS):
+                images[i] = obs.images[cam]
         state[:] = obs.state
         if record:
             frames.append(obs.images[CAMERAS[0]].copy())
@@ -124,8 +125,9 @@ def _serve(conn, shm_name: str, image_size: int) -> None:
                 steps += 1
                 if fault:
                     _fault(fault, steps)
-                result = env.step(np.asarray(msg["action"], dtype=np.float32))
-                publish(result.observation)
+                observe = bool(msg.get("observe", True)) or record  # videos need every frame
+                result = env.step(np.asarray(msg["action"], dtype=np.float32), observe=observe)
+                publish(result.observation, observe)
                 reply = {"ok": True, "reward": result.reward, "done": result.done}
             elif msg["cmd"] == "save_video":
                 write_mp4(msg["path"], frames, int(msg.get("fps", 20)))

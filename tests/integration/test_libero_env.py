@@ -66,6 +66,29 @@ def test_same_init_state_gives_same_observation(env):
     assert np.abs(a.images["agentview"].astype(float) - b.images["agentview"]).mean() < 0.5
 
 
+def test_unobserved_steps_skip_rendering_but_not_physics(env):
+    """A chunked policy renders one frame in eight; the frames it does see, and every state, are
+    bit-identical to rendering every step."""
+    actions = np.random.default_rng(0).uniform(-0.5, 0.5, (16, 7)).astype(np.float32)
+
+    def run(every: int):
+        env.reset(2)
+        seen = []
+        for i, a in enumerate(actions):
+            r = env.step(a, observe=(i + 1) % every == 0)
+            seen.append((r.observation.state.copy(), {k: v.copy() for k, v in r.observation.images.items()}))
+        return seen
+
+    full, sparse = run(1), run(8)
+    for i, ((s_full, im_full), (s_sparse, im_sparse)) in enumerate(zip(full, sparse)):
+        assert np.array_equal(s_full, s_sparse)
+        if (i + 1) % 8 == 0:
+            assert all(np.array_equal(im_full[k], im_sparse[k]) for k in im_full)
+    # skipped steps keep the last rendered frame (the arm moved, the picture did not)
+    assert np.array_equal(sparse[1][1]["agentview"], sparse[0][1]["agentview"])
+    assert not np.array_equal(full[6][1]["agentview"], full[0][1]["agentview"])
+
+
 def test_bad_actions_raise(env):
     with pytest.raises(ValueError, match=r"shape \(7,\)"):
         env.step(np.zeros(6))

@@ -42,7 +42,8 @@ def run_episode(policy, env: Env, init_state: int, replan_steps: int, seed: int 
             images, state = observation_batch(obs, cameras)
             chunk = policy.act(images, state, [obs.instruction], noise)[0]
             queue.extend(np.clip(chunk[:replan_steps], -1.0, 1.0))
-        result = env.step(queue.popleft())
+        action = queue.popleft()
+        result = env.step(action, observe=not queue)  # only the frame the next chunk is planned from
         obs = result.observation
         if result.done:
             return EpisodeResult(init_state, True, step + 1, time.perf_counter() - tic)

@@ -25,6 +25,7 @@ from sim.worker import CAMERAS, EnvError, EnvSpec, EnvWorker, WorkerCrashed
 
 EPISODES_FILE = "episodes.jsonl"
 MAX_ATTEMPTS = 3  # an episode whose worker crashes this often is reported as an error, not a result
+RECORD_EPISODES_PER_TASK = 8  # recorded episodes render every frame; bound them so videos stay cheap
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
             for slot in active:
                 slot.steps += 1
                 try:
-                    slot.worker.send({"cmd": "step", "action": slot.queue.popleft().tolist()})
+                    action = slot.queue.popleft()  # render only the frame the next chunk is planned from
+                    slot.worker.send({"cmd": "step", "action": action.tolist(), "observe": not slot.queue})
                 except WorkerCrashed:
                     slot.queue.clear()
             for slot in active:
@@ -224,8 +226,12 @@ def _wants_video(videos: dict, episode: Episode, success: bool) -> bool:
 def _start(slot: _Slot, episode: Episode, protocol: Protocol, sim_name: str, videos: dict) -> None:
     spec = EnvSpec(sim_name, episode.suite, episode.task, protocol.image_size, protocol.max_steps, protocol.seed)
     videos["limit"] = protocol.videos_per_outcome
-    # record while this task still lacks a success or a failure video
-    record = _wants_video(videos, episode, True) or _wants_video(videos, episode, False)
+    # record while this task still lacks a success or a failure video, for a bounded number of episodes:
+    # a recording worker renders every step, an unrecorded one only the steps the policy looks at
+    tried = ("recorded", episode.suite, episode.task)
+    record = videos.get(tried, 0) < RECORD_EPISODES_PER_TASK and (
+        _wants_video(videos, episode, True) or _wants_video(videos, episode, False))
+    videos[tried] = videos.get(tried, 0) + int(record)
     reply = slot.worker.reset(spec, episode.init_state, record)
     slot.episode, slot.instruction, slot.max_steps = episode, reply["instruction"], int(reply["max_steps"])
     slot.steps, slot.started = 0, time.perf_counter()
