@@ -1,4 +1,4 @@
-"""`vla` command line: finetune (demos -> BC -> eval), demos, train, eval, config, bench."""
+"""`vla` command line: finetune (demos -> BC -> eval), demos, train, eval, sweep, rl, serve, deploy, config, bench."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--ckpt", required=True)
     ev.add_argument("--tasks", default=None, help="comma-separated task ids (default: the ones trained on)")
     ev.add_argument("--episodes", type=int, default=None)
+    rl = sub.add_parser("rl", help="online RL (PPO/GRPO) from a BC checkpoint, evaluated before and after")
+    _common(rl)
+    rl.add_argument("--ckpt", required=True, help="BC checkpoint (POLICY=residual: the base to freeze)")
     sw = sub.add_parser("sweep", help="evaluation sweep over LIBERO suites on worker processes (resumable)")
     sw.add_argument("--ckpt", help="checkpoint directory")
     sw.add_argument("--suite", default="libero_130", help="libero_130 or comma-separated suites")
@@ -41,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --api-key")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", default=None)
+    dp = sub.add_parser("deploy", help="run a served policy on a robot (or the MuJoCo stand-in) at a fixed rate")
+    from real_robot.daemon import add_arguments as add_deploy_arguments
+
+    add_deploy_arguments(dp)
     bench = sub.add_parser("bench", help="benchmarks; writes a results table")
     bench.add_argument("--out", default="bench_results")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
@@ -71,6 +78,12 @@ def _run(args) -> int:
         return 0
     if args.cmd == "sweep":
         return _sweep(args)
+    if args.cmd == "rl":
+        from vla.rl.trainer import train_rl
+
+        summary = train_rl(args.ckpt, args.policy, [f"sim={args.sim}", *args.overrides])
+        print(json.dumps({k: summary[k] for k in ("before", "after", "rl_seconds", "checkpoint")}, indent=2))
+        return 0
     if args.cmd == "serve":
         from real_robot.server import policy_infer, run
         from vla.checkpoint import load_policy
@@ -80,6 +93,14 @@ def _run(args) -> int:
                 "action_dim": policy.cfg.head.action_dim, "cameras": list(policy.cfg.data.cameras)}
         run(policy_infer(policy), args.host, args.port, args.api_key, meta)
         return 0
+    if args.cmd == "deploy":
+        from real_robot.daemon import run as deploy
+
+        try:
+            return deploy(args)
+        except (TimeoutError, ConnectionError, ImportError, FileExistsError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.cmd == "bench":
         from vla.bench import run_all
 

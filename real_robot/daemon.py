@@ -1,0 +1,173 @@
+"""`vla deploy`: run a served policy on a robot at a fixed rate, record the episodes.
+
+    vla serve --ckpt runs/x/checkpoints/step_0001000 &            # the policy, its own process
+    vla deploy --robot sim --task "pick up the cube" --record data/rollouts_001
+    vla deploy --robot franka --robot-ip 172.16.0.2 --camera agentview=realsense:123456 \
+               --camera wrist=opencv:0 --task "..." --record data/rollouts_002
+
+The server is reached through `PolicyClient` (openpi protocol); the loop itself is
+`real_robot.control_loop.ControlLoop`. SIGINT/SIGTERM end the run cleanly: the arm holds, the
+current episode is written, the dataset finalized, cameras and the robot disconnected. Every event
+is a JSON line on stdout (and in --log).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from pathlib import Path
+
+from real_robot.base import Robot
+from real_robot.cameras import Camera, SimCamera, parse_camera_spec
+from real_robot.client import PolicyClient
+from real_robot.control_loop import ControlLoop, LoopConfig
+from real_robot.jsonlog import JsonLog
+from real_robot.policy_link import PolicyLink
+from real_robot.safety import SafetyLimits
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--robot", choices=["sim", "franka"], default="sim", help="sim: the MuJoCo Panda stand-in")
+    p.add_argument("--robot-ip", default=None, help="Franka FCI address (--robot franka)")
+    p.add_argument("--camera", action="append", default=[], metavar="NAME=KIND[:ARG]",
+                   help="real cameras: agentview=realsense[:serial], wrist=opencv:0 (sim: rendered)")
+    p.add_argument("--host", default="127.0.0.1", help="policy server address")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--rate", type=float, default=15.0, help="control rate (Hz)")
+    p.add_argument("--replan", type=int, default=None, help="ticks between policy requests (default: chunk/2)")
+    p.add_argument("--ensemble", type=float, default=None, metavar="K",
+                   help="temporal ensembling with weights exp(-K*i) (off by default)")
+    p.add_argument("--policy-timeout", type=float, default=None, help="s; default: one control period")
+    p.add_argument("--frame-timeout", type=float, default=None, help="s; default: one control period")
+    p.add_argument("--task", required=True, help="the instruction sent to the policy")
+    p.add_argument("--steps", type=int, default=300, help="control ticks per episode")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--reset-wait", type=float, default=5.0, help="s the arm holds between episodes")
+    p.add_argument("--image-size", type=int, default=128, help="frames sent and recorded are square")
+    p.add_argument("--record", type=Path, default=None, help="new LeRobot dataset directory")
+    p.add_argument("--images", action="store_true", help="record PNG frames instead of video")
+    p.add_argument("--log", type=Path, default=None, help="also append the JSON-lines log here")
+    p.add_argument("--workspace", default=None, metavar="X0,Y0,Z0,X1,Y1,Z1", help="safety box (m, base frame)")
+    p.add_argument("--max-step", type=float, default=None, help="m per tick (safety)")
+    p.add_argument("--connect-timeout", type=float, default=60.0, help="s to wait for the policy server at start")
+
+
+def limits_from_args(args: argparse.Namespace) -> SafetyLimits:
+    overrides: dict = {}
+    if args.workspace:
+        values = [float(v) for v in args.workspace.split(",")]
+        if len(values) != 6:
+            raise ValueError(f"--workspace needs 6 numbers x0,y0,z0,x1,y1,z1, got {args.workspace!r}")
+        overrides.update(workspace_min=tuple(values[:3]), workspace_max=tuple(values[3:]))
+    if args.max_step is not None:
+        overrides["max_step_m"] = args.max_step
+    return SafetyLimits(**overrides)
+
+
+def make_robot(args: argparse.Namespace) -> Robot:
+    if args.robot == "sim":
+        from real_robot.sim_panda import SimPanda
+
+        return SimPanda(control_hz=args.rate)
+    if not args.robot_ip:
+        raise ValueError("--robot franka needs --robot-ip <FCI address>")
+    from real_robot.franka import FrankaRobot
+
+    return FrankaRobot(args.robot_ip)
+
+
+def make_cameras(args: argparse.Namespace, robot: Robot, names: list[str]) -> dict[str, Camera]:
+    if args.robot == "sim":
+        if args.camera:
+            raise ValueError("--robot sim renders its own cameras; --camera is for real ones")
+        return {n: SimCamera(robot, n, args.image_size, args.image_size) for n in names}
+    cams = [parse_camera_spec(spec, args.image_size, args.image_size) for spec in args.camera]
+    return {c.name: c for c in cams}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch  # lerobot's writer imports it anyway: one thread, the policy runs elsewhere
+
+    torch.set_num_threads(1)
+    log = JsonLog(args.log)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log("signal", signal=signal.Signals(signum).name, action="hold, save the episode, disconnect")
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    limits = limits_from_args(args)
+    link = PolicyLink(lambda: PolicyClient(args.host, args.port, args.api_key, timeout_s=2.0))
+    robot = make_robot(args)
+    cameras: dict[str, Camera] = {}
+    recorder = None
+    connected = False
+    try:
+        link.start(wait_s=args.connect_timeout)
+        meta = link.metadata
+        log("connected", server=f"{args.host}:{args.port}", metadata=meta)
+        chunk = int(meta.get("chunk_size", 0)) or None
+        replan = args.replan or max(1, (chunk or 2) // 2)
+        cfg = LoopConfig(rate_hz=args.rate, replan_every=replan, ensemble_k=args.ensemble,
+                         policy_timeout_s=args.policy_timeout, frame_timeout_s=args.frame_timeout,
+                         max_steps=args.steps, task=args.task, image_size=args.image_size)
+        robot.connect()
+        connected = True
+        cameras = make_cameras(args, robot, list(meta.get("cameras", ["agentview", "wrist"])))
+        for cam in cameras.values():
+            cam.start()
+        if args.record:
+            from real_robot.recorder import EpisodeRecorder
+
+            recorder = EpisodeRecorder(args.record, args.rate, args.image_size, list(cameras), args.task,
+                                       use_videos=not args.images)
+        loop = ControlLoop(robot, cameras, link, cfg, log, limits=limits, recorder=recorder)
+        loop.warm_up(args.connect_timeout)
+        log("start", robot=args.robot, rate_hz=args.rate, replan_every=replan, ensemble_k=args.ensemble,
+            limits=limits.__dict__, cameras=sorted(cameras), record=str(args.record) if args.record else None)
+        for episode in range(args.episodes):
+            if stop.is_set():
+                break
+            loop.run_episode(stop, episode)
+            if recorder is not None:
+                frames = recorder.end_episode()
+                log("episode_saved", episode=episode, frames=frames, dataset=str(args.record))
+            if episode + 1 < args.episodes and not stop.is_set():
+                _hold_for(robot, args.reset_wait, args.rate, stop)
+        return 0
+    finally:
+        _shutdown(robot if connected else None, cameras, link, recorder, log)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _hold_for(robot: Robot, seconds: float, rate: float, stop: threading.Event) -> None:
+    """Keep holding (the stand-in's sim advances one period per hold call) while the scene is reset."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not stop.is_set():
+        robot.hold()
+        stop.wait(1.0 / rate)
+
+
+def _shutdown(robot: Robot | None, cameras: dict[str, Camera], link: PolicyLink, recorder, log: JsonLog) -> None:
+    steps = [("hold", robot.hold)] if robot is not None else []
+    if recorder is not None:
+        def save() -> None:
+            frames = recorder.end_episode()
+            if frames:
+                log("episode_saved", frames=frames, dataset=str(recorder.root), partial=True)
+            recorder.close()
+        steps.append(("save_dataset", save))
+    steps += [("policy_link", link.stop)] + [(f"camera:{n}", c.stop) for n, c in cameras.items()]
+    if robot is not None:
+        steps.append(("disconnect", robot.disconnect))
+    for name, step in steps:  # every step runs even when an earlier one fails
+        try:
+            step()
+        except Exception as err:
+            log("shutdown_error", step=name, error=f"{type(err).__name__}: {err}")
+    log("stopped")
+    log.close()
