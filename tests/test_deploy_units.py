@@ -1,0 +1,315 @@
+"""The deployment daemon's pieces with fakes (no sim, no server): chunk schedule and temporal
+ensembling, watchdog transitions, the threaded camera under a stalling source, the control loop's
+holds and recoveries, and the Franka backend's use of franky (with a stand-in module)."""
+import sys
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+
+from real_robot.base import CameraFrame, Command, RobotObservation, RobotState
+from real_robot.cameras import ThreadedCamera, parse_camera_spec
+from real_robot.chunking import Chunk, ChunkSchedule
+from real_robot.control_loop import ControlLoop, LoopConfig
+from real_robot.policy_link import Reply
+from real_robot.recorder import executed_action, libero_state
+from real_robot.safety import SafetyLimits
+from real_robot.watchdog import Watchdog
+
+P = 1 / 15
+
+
+def test_schedule_uses_the_action_planned_for_the_current_tick_and_replans_every_h():
+    s = ChunkSchedule(replan_every=4)
+    s.validate_chunk_size(8)
+    with pytest.raises(ValueError, match="below the chunk size"):
+        s.validate_chunk_size(4)
+    assert s.needs_request(0)
+    s.requested(0)
+    s.add(Chunk(0, 100.0, np.arange(8)[:, None] * np.ones((8, 7))))
+    assert s.action(2, P)[0][0] == 2 and s.action(2, P)[1] == pytest.approx(100.0 + 2 * P)  # elapsed steps skipped
+    assert not s.needs_request(3) and s.needs_request(4)
+    s.requested(4)
+    s.add(Chunk(4, 100.0 + 4 * P, 10 + np.arange(8)[:, None] * np.ones((8, 7))))
+    assert s.action(5, P)[0][0] == 11  # the newest chunk wins without ensembling
+    assert s.action(12, P) is None and s.needs_request(12)  # ran out: ask now, hold meanwhile
+
+
+def test_temporal_ensembling_weights_older_predictions_more():
+    s = ChunkSchedule(replan_every=1, ensemble_k=0.5)
+    s.add(Chunk(0, 0.0, np.zeros((4, 7))))
+    s.add(Chunk(1, P, np.ones((4, 7))))
+    w = np.exp(-0.5 * np.arange(2))
+    assert s.action(1, P)[0][0] == pytest.approx(w[1] / w.sum())
+    assert s.action(4, P)[0][0] == pytest.approx(1.0)  # only the second chunk still covers tick 4
+    with pytest.raises(ValueError):
+        ChunkSchedule(0)
+    with pytest.raises(ValueError):
+        ChunkSchedule(1, ensemble_k=-1)
+
+
+def test_watchdog_raises_and_clears_policy_and_camera_faults_once():
+    w = Watchdog(policy_timeout_s=P, frame_timeout_s=P)
+    fresh = {"agentview": CameraFrame(np.zeros((2, 2, 3), np.uint8), 10.0)}
+    assert w.check(10.0, fresh)[0] == {}
+    w.request_sent(10.0)
+    assert w.check(10.0 + P / 2, fresh)[0] == {}  # in flight, within one period
+    faults, raised, _ = w.check(10.0 + 2 * P, {"agentview": CameraFrame(fresh["agentview"].image, 10.0)})
+    assert set(faults) == {"policy", "camera:agentview"} and set(raised) == set(faults)
+    assert w.check(10.0 + 3 * P, {"agentview": None})[1] == []  # still active: not raised again
+    w.reply_received("server error: boom")
+    assert "boom" in w.check(10.0 + 3 * P, fresh)[0]["policy"]
+    w.reply_received(None)
+    faults, raised, cleared = w.check(11.0, {"agentview": CameraFrame(fresh["agentview"].image, 11.0)})
+    assert faults == {} and set(cleared) == {"policy", "camera:agentview"}
+
+
+def test_threaded_camera_never_blocks_on_a_stalled_source_and_resumes():
+    release, stalled, count = threading.Event(), threading.Event(), [0]
+
+    def grab():
+        count[0] += 1
+        if count[0] == 3:  # the third read hangs in the "driver" until released
+            stalled.set()
+            release.wait(10)
+        time.sleep(0.01)
+        return np.full((4, 4, 3), count[0], np.uint8)
+
+    cam = ThreadedCamera("fake", grab)
+    assert cam.latest() is None
+    cam.start()
+    assert stalled.wait(5)
+    first = cam.latest()
+    time.sleep(0.2)
+    tic = time.perf_counter()
+    frame = cam.latest()
+    assert time.perf_counter() - tic < 0.01  # returned at once, with the old frame and its old timestamp
+    assert frame is first and time.monotonic() - frame.timestamp >= 0.2
+    release.set()
+    deadline = time.time() + 5
+    while cam.latest() is first and time.time() < deadline:
+        time.sleep(0.01)
+    assert cam.latest() is not first and time.monotonic() - cam.latest().timestamp < 0.1
+    cam.stop()
+
+
+def test_threaded_camera_survives_device_errors():
+    calls = [0]
+
+    def grab():
+        calls[0] += 1
+        if calls[0] < 3:
+            raise OSError("usb hiccup")
+        return np.zeros((2, 2, 3), np.uint8)
+
+    cam = ThreadedCamera("flaky", grab, retry_s=0.01)
+    cam.start()
+    deadline = time.time() + 5
+    while cam.latest() is None and time.time() < deadline:
+        time.sleep(0.01)
+    cam.stop()
+    assert cam.latest() is not None and cam.errors == 2
+
+
+def test_camera_specs_are_checked():
+    for bad in ("agentview", "agentview=usb:0", "wrist=opencv:"):
+        with pytest.raises(ValueError, match="camera spec"):
+            parse_camera_spec(bad, 64, 64)
+
+
+# -- the control loop against fakes ------------------------------------------------------------
+
+class FakeRobot:
+    def __init__(self):
+        self.pos = np.array([0.5, 0.0, 0.3])
+        self.sent: list[Command] = []
+        self.holds = 0
+
+    def observe(self):
+        return RobotObservation(RobotState(np.zeros(7), np.zeros(7), self.pos.copy(), np.zeros(3), 0.08, time.monotonic()))
+
+    def send(self, command):
+        if command.hold:
+            self.hold()
+            return command
+        self.pos = np.asarray(command.target_position, dtype=float).copy()
+        self.sent.append(command)
+        return command
+
+    def hold(self):
+        self.holds += 1
+
+
+class FakeCamera:
+    def __init__(self, name):
+        self.name, self.frozen = name, None
+
+    def latest(self):
+        return self.frozen or CameraFrame(np.zeros((8, 8, 3), np.uint8), time.monotonic())
+
+
+class FakeLink:
+    """Answers every request at once with `make(tick)`, unless `silent` (a server that stopped answering)."""
+
+    def __init__(self, make):
+        self.make, self.silent, self.pending = make, False, None
+        self.metadata = {"chunk_size": 8, "cameras": ["agentview"]}
+
+    @property
+    def in_flight(self):
+        return self.pending is not None
+
+    def submit(self, tick, obs_time, obs):
+        assert obs["observation/state"].shape == (8,) and obs["prompt"] == "task"
+        self.pending = (tick, obs_time)
+        return True
+
+    def poll(self):
+        if self.pending is None or self.silent:
+            return []
+        tick, t = self.pending
+        self.pending = None
+        return [Reply(tick, t, self.make(tick), None, 0.001)]
+
+
+class Events(list):
+    def __call__(self, event, **fields):
+        self.append((event, fields))
+
+
+def _loop(link, robot, cam, on_tick, steps=60, limits=None):
+    log = Events()
+    cfg = LoopConfig(rate_hz=100.0, replan_every=4, max_steps=steps, task="task", image_size=8)
+    loop = ControlLoop(robot, {"agentview": cam}, link, cfg, log, limits=limits, on_tick=on_tick)
+    stats = loop.run_episode(threading.Event())
+    return stats, log
+
+
+def test_loop_holds_while_the_server_is_silent_or_a_camera_stalls_and_resumes():
+    robot, cam = FakeRobot(), FakeCamera("agentview")
+    link = FakeLink(lambda tick: np.tile([0.1, 0, 0, 0, 0, 0, -1.0], (8, 1)))
+    kinds = {}
+
+    def on_tick(tick, obs, command):
+        kinds[tick] = command.hold
+        link.silent = 10 <= tick < 20
+        cam.frozen = CameraFrame(np.zeros((8, 8, 3), np.uint8), time.monotonic() - 1) if 30 <= tick < 40 else None
+
+    stats, log = _loop(link, robot, cam, on_tick)
+    events = [e for e, _ in log]
+    faults = [f["fault"] for e, f in log if e == "fault"]
+    assert faults == ["policy", "camera:agentview"] and events.count("recovered") == 2
+    # silent from tick 10: the chunk in hand still plays until the request is one period overdue, then holds
+    assert all(kinds[t] for t in range(16, 21)) and all(kinds[t] for t in range(31, 40))
+    assert not any(kinds[t] for t in range(45, 60))  # resumed
+    assert stats.faults == {"policy": 1, "camera:agentview": 1}
+
+
+def test_loop_holds_on_nan_and_keeps_out_of_workspace_targets_in_the_box():
+    robot, cam = FakeRobot(), FakeCamera("agentview")
+    limits = SafetyLimits()
+    mode = {"nan": False}
+
+    def make(tick):
+        if mode["nan"]:
+            return np.full((8, 7), np.nan)
+        return np.tile([1.0, 1.0, 1.0, 0, 0, 0, 1.0], (8, 1)) * 50  # far outside the box
+
+    link = FakeLink(make)
+    held = {}
+
+    def on_tick(tick, obs, command):
+        mode["nan"] = 20 <= tick < 40
+        held[tick] = command.hold
+        assert np.all(command.target_position >= np.array(limits.workspace_min) - 1e-9)
+        assert np.all(command.target_position <= np.array(limits.workspace_max) + 1e-9)
+
+    stats, log = _loop(link, robot, cam, on_tick, steps=70)
+    assert np.allclose(robot.pos, limits.workspace_max)  # pushed to the corner of the box, never past it
+    assert all(held[t] for t in range(26, 41))  # NaN chunks: hold
+    assert not any(held[t] for t in range(50, 70))  # finite again: moves (clipped) again
+    assert any("non-finite" in " ".join(f["events"]) for e, f in log if e == "safety")
+
+
+def test_executed_action_and_state_in_the_libero_convention():
+    obs = FakeRobot().observe()
+    cmd = Command(obs.state.ee_position + [0.01, 0, -0.02], np.array([0, 0, 0.1]), 0.5)
+    assert np.allclose(executed_action(cmd, obs, __import__("real_robot.base").base.ActionScale()),
+                       [0.2, 0, -0.4, 0, 0, 0.2, 0.5], atol=1e-6)
+    assert np.allclose(libero_state(obs), [0.5, 0, 0.3, 0, 0, 0, 0.04, -0.04])
+
+
+# -- Franka backend: its franky calls, against a stand-in module ---------------------------------
+
+def test_franka_backend_without_franky_says_how_to_install_it(monkeypatch):
+    from real_robot.franka import FrankaRobot
+
+    monkeypatch.setitem(sys.modules, "franky", None)
+    with pytest.raises(ImportError, match="franky-control"):
+        FrankaRobot("172.16.0.2").connect()
+
+
+def test_franka_backend_sends_absolute_targets_and_recovers_from_control_errors(monkeypatch):
+    from real_robot.franka import FrankaRobot
+
+    calls = []
+
+    class ControlException(Exception):
+        pass
+
+    class Affine:
+        def __init__(self, translation=(0, 0, 0), quaternion=(0, 0, 0, 1)):
+            self.translation, self.quaternion = list(translation), list(quaternion)
+
+    class Robot:
+        fail = False
+
+        def __init__(self, ip):
+            self.relative_dynamics_factor = 1.0
+            self.current_cartesian_state = types.SimpleNamespace(
+                pose=types.SimpleNamespace(end_effector_pose=Affine([0.4, 0, 0.3], [1, 0, 0, 0])))
+            self.current_joint_state = types.SimpleNamespace(position=[0] * 7, velocity=[0] * 7)
+
+        def recover_from_errors(self):
+            calls.append("recover")
+
+        def move(self, motion, asynchronous=False):
+            if Robot.fail:
+                raise ControlException("cartesian_reflex")
+            calls.append((type(motion).__name__, asynchronous, getattr(motion, "target", None)))
+
+        def join_motion(self):
+            calls.append("join")
+
+    class Gripper:
+        width = 0.08
+
+        def __init__(self, ip):
+            pass
+
+        def grasp_async(self, *a, **k):
+            calls.append("grasp")
+
+        def move_async(self, *a, **k):
+            calls.append("open")
+
+    fake = types.SimpleNamespace(
+        Robot=Robot, Gripper=Gripper, Affine=Affine, ControlException=ControlException,
+        ReferenceType=types.SimpleNamespace(Absolute="abs"),
+        CartesianMotion=type("CartesianMotion", (), {"__init__": lambda self, target, ref: setattr(self, "target", target)}),
+        CartesianStopMotion=type("CartesianStopMotion", (), {}))
+    monkeypatch.setitem(sys.modules, "franky", fake)
+    robot = FrankaRobot("172.16.0.2")
+    robot.connect()
+    obs = robot.observe()
+    assert np.allclose(obs.state.ee_position, [0.4, 0, 0.3]) and obs.state.gripper_width == 0.08
+    done = robot.send(Command(np.array([0.41, 0, 0.3]), np.zeros(3), 1.0))
+    assert not done.hold and calls[1][0] == "CartesianMotion" and calls[1][1] is True
+    assert np.allclose(calls[1][2].translation, [0.41, 0, 0.3]) and calls[2] == "grasp"
+    robot.send(Command(np.array([0.41, 0, 0.3]), np.zeros(3), 1.0))
+    assert calls.count("grasp") == 1  # one gripper command per switch
+    Robot.fail = True
+    done = robot.send(Command(np.array([0.42, 0, 0.3]), np.zeros(3), 1.0))
+    assert done.hold and "reflex" in done.events[-1] and calls[-1] == "recover"
