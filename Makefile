@@ -10,7 +10,7 @@ CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 export MUJOCO_GL ?= egl
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install finetune train demos eval config test test-unit bench clean
+.PHONY: install finetune train demos eval rl config test test-unit bench clean
 
 install:
 	bash scripts/install.sh
@@ -32,6 +32,11 @@ WORKERS ?= 2
 eval:
 	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=<checkpoint dir> [SUITE=libero_130|libero_spatial,...]"; exit 2)
 	$(if $(SUITE),$(VLA) sweep --ckpt $(CKPT) --suite $(SUITE) --workers $(WORKERS) $(ARGS),$(VLA) eval --ckpt $(CKPT) $(ARGS))
+
+ALGO ?= ppo
+rl:
+	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
+	$(VLA) rl --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
 
 test:
 	$(PY) -m pytest -q

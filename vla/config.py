@@ -143,6 +143,41 @@ class EvalConfig:
 
 
 @dataclass
+class RLConfig:
+    """Online RL from a BC checkpoint (`vla rl`, `make rl`). Decisions are whole action chunks:
+    the head's log-probability covers the chunk, so RL executes every action of it."""
+
+    algo: str = "ppo"  # ppo | grpo
+    iterations: int = 20  # rollout + update rounds
+    workers: int = 2  # env worker processes
+    tasks: list[int] = field(default_factory=list)  # task ids in demos.suite; empty = demos.tasks
+    init_states: list[int] = field(default_factory=list)  # init states rolled out in RL; empty = all 50
+    episodes_per_iter: int = 16  # GRPO: a multiple of group_size
+    group_size: int = 4  # GRPO: episodes from the same (task, init state)
+    max_steps: int | None = None  # None = the suite's standard value
+    step_penalty: float = 0.0  # optional shaping: reward -= this per chunk (sparse success reward is 1)
+    epochs: int = 2  # passes over each rollout
+    minibatch_size: int = 32  # decisions per gradient step
+    lr: float = 1e-5  # policy (actor) learning rate
+    critic_lr: float = 3e-4
+    max_grad_norm: float = 1.0
+    clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float | None = None  # None: 0.2 for PPO, 0.28 for GRPO (asymmetric "clip-higher")
+    log_ratio: str = "per_dim"  # per_dim: chunk log-ratio / (chunk_size * action_dim) (GSPO-style) | chunk
+    gamma: float = 0.99  # per chunk
+    gae_lambda: float = 0.95
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0  # > 0: k3 KL penalty to the starting (BC) policy, scored by a frozen copy
+    critic_warmup: int = 0  # PPO: first iterations train only the critic
+    filter_groups: bool = True  # GRPO: skip groups that are all success or all failure
+    eval_episodes_per_task: int = 50  # before/after evaluation: init states 0.. on rl.tasks (same set both times)
+    eval_every: int = 0  # also evaluate every N iterations (0 = before and after only)
+    seed: int = 0
+    torch_threads: int = 0  # 0 = leave torch's default
+
+
+@dataclass
 class ExperimentConfig:
     policy: str = "openvla_oft"
     sim: str = "libero"
@@ -156,6 +191,7 @@ class ExperimentConfig:
     demos: DemoConfig = field(default_factory=DemoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
 
 class ConfigError(ValueError):

@@ -13,6 +13,8 @@ class ValueHead(nn.Module):
         self.net = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(),
                                  nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
 
-    def forward(self, prefix: Prefix) -> torch.Tensor:
-        """State value (B,)."""
-        return self.net(prefix.pooled()).squeeze(-1)
+    def forward(self, prefix: Prefix, detach_features: bool = False) -> torch.Tensor:
+        """State value (B,). detach_features: the critic's loss does not move the shared backbone
+        (RL keeps value gradients out of the features the actor uses)."""
+        features = prefix.pooled()
+        return self.net(features.detach() if detach_features else features).squeeze(-1)

@@ -1,0 +1,120 @@
+"""The update both algorithms share: epochs of minibatch steps on the clipped surrogate objective,
+plus the critic (PPO), an entropy bonus and a KL penalty to the starting policy.
+
+PPO and GRPO differ only in where advantages come from (GAE over a critic vs. group-normalized
+returns) and their clip defaults; everything that touches gradients is here, once.
+
+log-ratio per_dim: a chunk's log-probability sums over chunk_size x action_dim terms (times the
+denoising steps for flow/diffusion), so the chunk ratio exp(sum) swings by orders of magnitude
+after one small step. Dividing the chunk log-ratio by the number of action dims (the
+length-normalized sequence ratio of GSPO) keeps ratios near 1 and clipping meaningful.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from vla.config import RLConfig
+from vla.rl.buffer import DecisionBatch
+
+
+def clip_range(cfg: RLConfig) -> tuple[float, float]:
+    high = cfg.clip_high if cfg.clip_high is not None else (0.28 if cfg.algo == "grpo" else 0.2)
+    if not (0 < cfg.clip_low < 1 and high > 0):
+        raise ValueError(f"need 0 < rl.clip_low < 1 and rl.clip_high > 0, got {cfg.clip_low}, {high}")
+    return 1.0 - cfg.clip_low, 1.0 + high
+
+
+def ratio_scale(cfg: RLConfig, chunk_size: int, action_dim: int) -> float:
+    if cfg.log_ratio == "per_dim":
+        return float(chunk_size * action_dim)
+    if cfg.log_ratio == "chunk":
+        return 1.0
+    raise ValueError(f"rl.log_ratio must be per_dim or chunk, got {cfg.log_ratio!r}")
+
+
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, low: float, high: float):
+    """PPO's pessimistic objective (as a loss) and the fraction of clipped ratios."""
+    ratio = log_ratio.exp()
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(low, high) * advantages
+    loss = -torch.minimum(unclipped, clipped).mean()
+    clip_frac = ((ratio < low) | (ratio > high)).float().mean()
+    return loss, clip_frac
+
+
+def reference_copy(policy):
+    """A frozen copy of the starting policy for the KL penalty."""
+    ref = copy.deepcopy(policy).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    var = float(returns.var()) if len(returns) > 1 else 0.0
+    return float("nan") if var == 0 else 1.0 - float((returns - values).var()) / var
+
+
+def make_optimizer(policy, cfg: RLConfig) -> torch.optim.Optimizer:
+    critic = list(policy.value_head.parameters()) if policy.value_head is not None else []
+    critic_ids = {id(p) for p in critic}
+    actor = [p for p in policy.parameters() if p.requires_grad and id(p) not in critic_ids]
+    if not actor:
+        raise ValueError("the policy has no trainable actor parameters")
+    groups = [{"params": actor, "lr": cfg.lr, "name": "actor"}]
+    if critic:
+        groups.append({"params": critic, "lr": cfg.critic_lr, "name": "critic"})
+    return torch.optim.AdamW(groups, weight_decay=0.0)
+
+
+def update(policy, batch: DecisionBatch, optimizer: torch.optim.Optimizer, cfg: RLConfig,
+           generator: torch.Generator, train_actor: bool = True, train_critic: bool = False,
+           reference=None) -> dict[str, float]:
+    low, high = clip_range(cfg)
+    scale = ratio_scale(cfg, policy.cfg.head.chunk_size, policy.cfg.head.action_dim)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    logs: dict[str, list[float]] = {}
+    policy.eval()  # no dropout: the log-prob being clipped must be the one that sampled
+    for _ in range(cfg.epochs):
+        for mb in batch.minibatches(cfg.minibatch_size, generator):
+            dev = policy.device
+            prefix = policy.build_prefix(mb.images, mb.states, mb.instructions)
+            records = {k: v.to(dev) for k, v in mb.records.items()}
+            loss = torch.zeros((), device=dev)
+            if train_actor:
+                new_lp, entropy = policy.head.evaluate(prefix, records)
+                log_ratio = (new_lp - mb.old_log_prob.to(dev)) / scale
+                pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high)
+                ent = entropy.mean() / scale
+                loss = loss + pg - cfg.entropy_coef * ent
+                with torch.no_grad():
+                    approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
+                _add(logs, pg_loss=pg, clip_frac=clip_frac, entropy=ent, approx_kl=approx_kl)
+                if reference is not None and cfg.kl_coef > 0:
+                    with torch.no_grad():
+                        ref_prefix = reference.build_prefix(mb.images, mb.states, mb.instructions)
+                        ref_lp, _ = reference.head.evaluate(ref_prefix, records)
+                    diff = (ref_lp - new_lp) / scale  # k3 estimator of KL(new || ref), per dim
+                    kl = (diff.exp() - diff - 1).mean()
+                    loss = loss + cfg.kl_coef * kl
+                    _add(logs, kl_ref=kl)
+            if train_critic:
+                value = policy.value_head(prefix, detach_features=True)
+                v_loss = ((value - mb.returns.to(dev)) ** 2).mean()
+                loss = loss + cfg.value_coef * v_loss
+                _add(logs, value_loss=v_loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise FloatingPointError("non-finite RL gradient; lower rl.lr or check the rewards")
+            optimizer.step()
+            _add(logs, grad_norm=grad_norm)
+    return {k: float(np.mean(v)) for k, v in logs.items()}
+
+
+def _add(logs: dict[str, list[float]], **values: torch.Tensor) -> None:
+    for k, v in values.items():
+        logs.setdefault(k, []).append(float(v.detach()))

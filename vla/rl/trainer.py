@@ -1,0 +1,201 @@
+"""`vla rl`: online RL from a BC checkpoint. Rollout on env workers -> advantages (PPO or GRPO) ->
+clipped-surrogate update, every iteration checkpointed (policy, optimizer, RNG, iteration, log)
+so a kill -9 loses at most the iteration in flight. The same fixed evaluation set is run before
+RL and after it (and every rl.eval_every iterations), through the resumable sweep runner."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla.checkpoint import latest_checkpoint, load_policy, load_training_state, save_training_checkpoint
+from vla.config import ConfigError, ExperimentConfig, merge, parse_overrides, to_yaml
+from vla.model import Policy
+from vla.rl import grpo, ppo
+from vla.rl.buffer import flatten
+from vla.rl.objective import explained_variance, make_optimizer, reference_copy, update
+from vla.rl.rollout import EnvPool, PlannedEpisode, apply_step_penalty
+from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
+
+ALGOS = {"ppo": ppo, "grpo": grpo}
+# parameters a BC checkpoint may lack: a fresh critic, Flow-Noise's learned std, a residual's own net
+FRESH = ("value_head.", "head.noise_std.", "head.mean_net.", "head.log_std")
+
+
+def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str]) -> Policy:
+    """The BC checkpoint rebuilt with the RL settings (`rl.*`, head RL knobs, a critic for PPO).
+    recipe 'residual' over a non-residual checkpoint freezes it as the base of a new residual."""
+    base = load_policy(ckpt)
+    updates = parse_overrides(overrides)
+    cfg = merge(base.cfg, updates)
+    if cfg.rl.algo not in ALGOS:
+        raise ConfigError(f"rl.algo '{cfg.rl.algo}' is unknown; valid: {', '.join(ALGOS)}")
+    if cfg.rl.algo == "ppo":
+        cfg = merge(cfg, {"head": {"value_head": True}})
+    if "output_dir" not in updates:  # never write RL checkpoints where the BC run resumes from
+        cfg = merge(cfg, {"output_dir": f"{cfg.output_dir.rstrip('/')}_rl_{cfg.rl.algo}"})
+    if recipe == "residual" and base.cfg.head.type != "residual":
+        from vla.residual_init import residual_from_base
+
+        cfg = merge(cfg, {"policy": "residual", "head": {"type": "residual", "residual": {"base_checkpoint": str(ckpt)}}})
+        policy = residual_from_base(cfg)  # keeps cfg.rl; base weights frozen
+    else:
+        policy = Policy(cfg, base.normalizer, base.state_dim)
+        from vla.train.lora import apply_lora
+
+        apply_lora(policy, cfg.backbone)
+        missing, unexpected = policy.load_state_dict(base.state_dict(), strict=False)
+        missing = [k for k in missing if not k.startswith(FRESH)]
+        if missing or unexpected:
+            raise ConfigError(f"overrides change the trained policy's structure: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}; only rl.* and head RL settings may change")
+        if cfg.head.type == "residual":
+            policy.freeze_base()
+    if policy.head.rl_quantity.startswith("none"):
+        raise ConfigError(policy.head._no_rl())
+    return policy
+
+
+def _plan(cfg: ExperimentConfig, tasks: list[tuple[str, int]], init_states: list[int], it: int) -> list[PlannedEpisode]:
+    rl = cfg.rl
+    rng = np.random.default_rng([rl.seed, it])
+    if rl.algo == "grpo":
+        return grpo.plan_groups(tasks, init_states, rl.episodes_per_iter // rl.group_size, rl.group_size, rng)
+    plan = []
+    for k in range(rl.episodes_per_iter):
+        suite, task = tasks[rng.integers(len(tasks))]
+        plan.append(PlannedEpisode(suite, task, int(init_states[rng.integers(len(init_states))]), k))
+    return plan
+
+
+def _check(cfg: ExperimentConfig) -> None:
+    rl = cfg.rl
+    if rl.iterations < 0 or rl.episodes_per_iter < 1 or rl.epochs < 1:
+        raise ConfigError("need rl.iterations >= 0, rl.episodes_per_iter >= 1 and rl.epochs >= 1")
+    if rl.algo == "grpo" and (rl.group_size < 2 or rl.episodes_per_iter % rl.group_size):
+        raise ConfigError(f"GRPO needs rl.group_size >= 2 dividing rl.episodes_per_iter, got "
+                          f"{rl.group_size} and {rl.episodes_per_iter}")
+
+
+def evaluate(policy, cfg: ExperimentConfig, tasks: list[tuple[str, int]], out: Path) -> dict:
+    """The fixed evaluation set (init states 0.. of each RL task), resumable like any sweep."""
+    from vla.eval.report import summarize_sweep
+    from vla.eval.sweep import Protocol, run_sweep
+
+    protocol = Protocol(episodes_per_task=cfg.rl.eval_episodes_per_task, max_steps=cfg.rl.max_steps,
+                        seed=cfg.eval.seed, replan_steps=cfg.head.chunk_size, image_size=cfg.demos.image_size,
+                        videos_per_outcome=0)
+    suites: dict[str, list[int]] = {}
+    for suite, task in tasks:
+        suites.setdefault(suite, []).append(task)
+    run_sweep(policy, suites, out, protocol, workers=cfg.rl.workers, sim_name=cfg.sim, progress=False)
+    return summarize_sweep(out)["overall"]
+
+
+def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] | None = None) -> dict:
+    policy = prepare_policy(ckpt, recipe, overrides or [])
+    cfg, rl = policy.cfg, policy.cfg.rl
+    _check(cfg)
+    if rl.torch_threads > 0:
+        torch.set_num_threads(rl.torch_threads)
+    from sim.libero import num_init_states
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    tasks = [(cfg.demos.suite, t) for t in (rl.tasks or cfg.demos.tasks)]
+    init_states = rl.init_states or list(range(num_init_states(*tasks[0])))
+    reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
+    optimizer = make_optimizer(policy, rl)
+    state = _resume(out / "checkpoints", policy, optimizer)
+    algo = ALGOS[rl.algo]
+    print(f"[rl] {rl.algo} on {tasks}, {len(init_states)} init states, head {cfg.head.type} "
+          f"({policy.head.rl_quantity}); starting at iteration {state['iteration']}", flush=True)
+
+    def maybe_eval(it: int) -> None:
+        if str(it) not in state["evals"]:
+            tic = time.perf_counter()
+            state["evals"][str(it)] = {**evaluate(policy, cfg, tasks, out / f"eval_{it:04d}"),
+                                       "seconds": round(time.perf_counter() - tic, 1)}
+            e = state["evals"][str(it)]
+            print(f"[rl] eval @ iteration {it}: {e['successes']}/{e['episodes']} = {e['success_rate']:.1%} "
+                  f"(95% CI {e['ci95'][0]:.1%}-{e['ci95'][1]:.1%}), {e['seconds']} s", flush=True)
+
+    maybe_eval(0)
+    pool = EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed)
+    try:
+        while state["iteration"] < rl.iterations:
+            it = state["iteration"] + 1
+            generator = torch.Generator().manual_seed(rl.seed * 1_000_003 + it)
+            tic = time.perf_counter()
+            policy.eval()
+            episodes, stats = pool.collect(policy, _plan(cfg, tasks, init_states, it), generator)
+            apply_step_penalty(episodes, rl.step_penalty)
+            kept, advs, rets, extra = algo.advantages(episodes, cfg.rl)
+            row = {"iteration": it, "episodes": len(episodes),
+                   "success_rate": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
+                   "return": float(np.mean([e.ret for e in episodes])) if episodes else 0.0,
+                   "episode_steps": float(np.mean([e.steps for e in episodes])) if episodes else 0.0,
+                   "env_frames_per_s": stats.env_steps / max(stats.seconds, 1e-9),
+                   "rollout_s": round(stats.seconds, 1), "policy_s": round(stats.policy_seconds, 1),
+                   "restarts": stats.restarts, "dropped": stats.dropped, **extra}
+            if kept:
+                batch = flatten(kept, advs, rets)
+                warmup = rl.algo == "ppo" and it <= rl.critic_warmup
+                if rl.algo == "ppo":
+                    row["explained_variance"] = explained_variance(batch.values, batch.returns)
+                t0 = time.perf_counter()
+                row.update(update(policy, batch, optimizer, rl, generator, train_actor=not warmup,
+                                  train_critic=rl.algo == "ppo", reference=reference))
+                row.update(decisions=len(batch), update_s=round(time.perf_counter() - t0, 1))
+            row["iteration_s"] = round(time.perf_counter() - tic, 1)
+            state["iteration"] = it
+            state["history"].append(row)
+            print("[rl] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  flush=True)
+            _save(out / "checkpoints", policy, optimizer, state)
+            _write_log(out / "rl_log.jsonl", state["history"])
+            if rl.eval_every and it % rl.eval_every == 0 and it < rl.iterations:
+                maybe_eval(it)
+                _save(out / "checkpoints", policy, optimizer, state)
+    finally:
+        pool.close()
+    maybe_eval(state["iteration"])
+    final = _save(out / "checkpoints", policy, optimizer, state)
+    from vla.rl.report import write_rl_report
+
+    return write_rl_report(out, state, cfg, final)
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    """The log mirrors the checkpointed history (rewritten atomically), so a kill between the two
+    can neither lose nor repeat an iteration's row."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    tmp.replace(path)
+
+
+def _save(root: Path, policy, optimizer, state: dict) -> Path:
+    tensors, opt_meta = optimizer_to_tensors(optimizer)
+    tensors["rng/torch"] = torch.get_rng_state()
+    return save_training_checkpoint(root, state["iteration"], policy, tensors, {**state, "optimizer": opt_meta}, keep_last=2)
+
+
+def _resume(root: Path, policy, optimizer) -> dict:
+    state = {"iteration": 0, "history": [], "evals": {}}
+    last = latest_checkpoint(root)
+    if last is None:
+        return state
+    from safetensors.torch import load_model
+
+    missing, unexpected = load_model(policy, str(last / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"cannot resume RL from {last}: weights do not match ({missing[:3]}, {unexpected[:3]})")
+    tensors, saved = load_training_state(last)
+    optimizer_from_tensors(optimizer, tensors, saved.pop("optimizer"))
+    torch.set_rng_state(tensors["rng/torch"])
+    print(f"[rl] resumed from {last}", flush=True)
+    return {**state, **saved}
