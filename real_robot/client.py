@@ -15,8 +15,9 @@ class PolicyError(RuntimeError):
 class PolicyClient:
     def __init__(self, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, timeout_s: float = 10.0):
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
+        # close_timeout: closing a connection whose peer went silent must not stall the caller's shutdown
         self._ws = connect(f"ws://{host}:{port}", additional_headers=headers, max_size=None, compression=None,
-                           open_timeout=timeout_s)
+                           open_timeout=timeout_s, close_timeout=min(timeout_s, 1.0))
         self.timeout_s = timeout_s
         self.metadata = unpack(self._ws.recv(timeout=timeout_s))
 

@@ -41,6 +41,7 @@ class SimPanda:
         self._obs_time = 0.0
         self._gripper = -1.0
         self._hold_position: np.ndarray | None = None
+        self._hold_rotation: Rotation | None = None
         self._renderers: dict[tuple[int, int], object] = {}
         self._scene_option = None
 
@@ -53,8 +54,7 @@ class SimPanda:
             "Lift", robots="Panda", controller_configs=load_controller_config(default_controller="OSC_POSE"),
             has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, control_freq=self.control_hz,
             horizon=10**9, ignore_done=True, hard_reset=False)
-        np.random.seed(self.seed)  # robosuite places the cube from the global stream
-        self._set_obs(self._env.reset())
+        self.reset()  # robosuite places the cube from the global stream: seeded
         base = self._env.robots[0].robot_model.root_body
         self._base_pos = self._env.sim.data.get_body_xpos(base).copy()
         if not np.allclose(self._env.sim.data.get_body_xmat(base), np.eye(3)):
@@ -89,12 +89,16 @@ class SimPanda:
         return executed
 
     def hold(self) -> None:
-        """Servo to the pose held since the first hold call (one control period of sim time)."""
+        """Servo to the pose (position and orientation) held since the first hold call; one control
+        period of sim time. Holding orientation too matters: a wrist left free keeps turning."""
         current = self._obs["robot0_eef_pos"] - self._base_pos
+        rotation = Rotation.from_quat(self._obs["robot0_eef_quat"])
         if self._hold_position is None:
-            self._hold_position = current.copy()
+            self._hold_position, self._hold_rotation = current.copy(), rotation
         move = np.clip((self._hold_position - current) / self.scale.meters, -1.0, 1.0)
-        self._step(np.concatenate([move, np.zeros(3), [self._gripper]]))
+        # OSC_POSE applies rotation deltas on the left, in the world frame
+        turn = np.clip((self._hold_rotation * rotation.inv()).as_rotvec() / self.scale.radians, -1.0, 1.0)
+        self._step(np.concatenate([move, turn, [self._gripper]]))
 
     def disconnect(self) -> None:
         for r in self._renderers.values():
@@ -126,6 +130,12 @@ class SimPanda:
         return CameraFrame(renderer.render().copy(), time.monotonic())
 
     # -- sim-only helpers -------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """Back to robosuite's home pose with a newly placed cube (tests, dry runs between episodes)."""
+        np.random.seed(self.seed if seed is None else seed)
+        self._set_obs(self._require().reset())
+        self._gripper, self._hold_position, self._hold_rotation = -1.0, None, None
+
     def object_position(self) -> np.ndarray:
         """The cube's position in the base frame (tests, scripted checks)."""
         return self._obs["cube_pos"] - self._base_pos
