@@ -33,6 +33,10 @@ def bench_env_steps(steps: int) -> list[dict]:
     env.reset(0)
     noop = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
     rows.append({"what": "LIBERO libero_spatial/0, 2 cameras 128x128", "steps_per_s": _rate(lambda: env.step(noop), steps)})
+    count = iter(range(10**9))  # a chunked policy (8 actions per chunk) looks at one frame in eight
+    rows.append({"what": "same, rendering 1 step in 8 (what eval/RL do with 8-action chunks)",
+                 "steps_per_s": _rate(lambda: env.step(noop, observe=next(count) % 8 == 7), steps)})
+    rows[1]["speedup"] = rows[1]["steps_per_s"] / rows[0]["steps_per_s"]
     env.close()
 
     import robosuite
@@ -58,26 +62,29 @@ def bench_workers(steps: int, counts: tuple[int, ...] = (1, 2)) -> list[dict]:
     spec = EnvSpec("libero", "libero_spatial", 0, 128, 10_000)
     noop = [0, 0, 0, 0, 0, 0, -1]
     rows = []
-    for n in counts:
+    for n, every in [(n, 1) for n in counts] + [(n, 8) for n in counts]:
         workers = [EnvWorker(128) for _ in range(n)]
+        tick = iter(range(10**9))
         try:
             for w in workers:
                 w.reset(spec, 0)
 
             def lockstep():
+                look = next(tick) % every == every - 1
                 for w in workers:
-                    w.send({"cmd": "step", "action": noop})
+                    w.send({"cmd": "step", "action": noop, "observe": look})
                 for w in workers:
                     w.receive()
                     w.observation()
 
-            rows.append({"what": f"{n} worker process(es), 2 cameras 128x128", "steps_per_s": n * _rate(lockstep, steps)})
+            what = f"{n} worker process(es), 2 cameras 128x128" + (f", rendering 1 step in {every}" if every > 1 else "")
+            rows.append({"what": what, "steps_per_s": n * _rate(lockstep, steps)})
         finally:
             for w in workers:
                 w.close()
-    base = rows[0]["steps_per_s"]
-    for row in rows:
-        row["scaling_vs_1"] = row["steps_per_s"] / base
+    for row in rows:  # against one worker with the same rendering
+        base = next(r for r in rows if r["what"].startswith("1 ") and ("1 step in" in r["what"]) == ("1 step in" in row["what"]))
+        row["scaling_vs_1"] = row["steps_per_s"] / base["steps_per_s"]
     return rows
 
 
@@ -186,6 +193,8 @@ def _table(rows: list[dict]) -> str:
 
 
 def run_all(out: Path, quick: bool = False) -> dict:
+    from vla.rl.bench import bench_rl
+
     torch.set_num_threads(2)
     out.mkdir(parents=True, exist_ok=True)
     results = {
@@ -197,6 +206,7 @@ def run_all(out: Path, quick: bool = False) -> dict:
         "server": bench_server(5 if quick else 50),
         # the same comparison where compute dominates: 2 x 196 image tokens, width 512, 8 layers
         "heads_small": bench_heads(1 if quick else 5, "small_paligemma", 224),
+        "rl": bench_rl(4 if quick else 8, 32 if quick else 64),
     }
     md = ["# Benchmark results", "", f"Machine: {results['machine']}", "",
           "## Env steps/s (one process)", "", _table(results["env_steps"]), "",
@@ -205,7 +215,8 @@ def run_all(out: Path, quick: bool = False) -> dict:
           "## Action heads: latency per chunk, actions/s, cost in full forward passes (batch 1, CPU, 2 threads)", "", _table(results["heads"]), "",
           "## Policy server round trip (loopback)", "", _table(results["server"]), "",
           "## Action heads on small_paligemma (random weights, ~28M, 224 px): compute-bound", "",
-          _table(results["heads_small"]), ""]
+          _table(results["heads_small"]), "",
+          "## RL throughput (env frames/s, LIBERO, 2 workers)", "", _table(results["rl"]), ""]
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print("\n".join(md))

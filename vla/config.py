@@ -172,9 +172,10 @@ class RLConfig:
     critic_warmup: int = 0  # PPO: first iterations train only the critic
     filter_groups: bool = True  # GRPO: skip groups that are all success or all failure
     eval_episodes_per_task: int = 50  # before/after evaluation: init states 0.. on rl.tasks (same set both times)
+    eval_seeds: list[int] = field(default_factory=lambda: [7])  # one pass over those init states per seed
     eval_every: int = 0  # also evaluate every N iterations (0 = before and after only)
     seed: int = 0
-    torch_threads: int = 0  # 0 = leave torch's default
+    torch_threads: int = 0  # 0 = the cores the env workers leave free (at least 1): oversubscribed torch crawls
 
 
 @dataclass

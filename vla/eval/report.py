@@ -13,7 +13,7 @@ from vla.eval.stats import wilson_interval
 from vla.eval.sweep import EPISODES_FILE, read_results
 
 
-def _summary(rows: list[dict]) -> dict:
+def summarize_rows(rows: list[dict]) -> dict:
     ok = [r for r in rows if r["status"] == "ok"]
     wins = sum(bool(r["success"]) for r in ok)
     low, high = wilson_interval(wins, len(ok))
@@ -34,9 +34,9 @@ def summarize_sweep(out: Path) -> dict:
         by_task[(r["suite"], r["task"])].append(r)
         by_suite[r["suite"]].append(r)
     return {
-        "overall": _summary(rows),
-        "suites": {s: _summary(v) for s, v in sorted(by_suite.items())},
-        "tasks": {f"{s}/{t}": {**_summary(v), "videos": sorted(videos.get(f"{s}/{t}", []))}
+        "overall": summarize_rows(rows),
+        "suites": {s: summarize_rows(v) for s, v in sorted(by_suite.items())},
+        "tasks": {f"{s}/{t}": {**summarize_rows(v), "videos": sorted(videos.get(f"{s}/{t}", []))}
                   for (s, t), v in sorted(by_task.items())},
     }
 
