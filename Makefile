@@ -38,6 +38,20 @@ rl:
 	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
 	$(VLA) rl --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
 
+# Real robot: the policy server and the deployment daemon, each its own process (see README "Real robot").
+.PHONY: serve deploy
+PORT ?= 8000
+serve:
+	@test -n "$(CKPT)" || (echo "usage: make serve CKPT=<checkpoint dir> [PORT=8000]"; exit 2)
+	$(VLA) serve --ckpt $(CKPT) --port $(PORT)
+
+ROBOT ?= sim
+TASK ?=
+RECORD ?=
+deploy:
+	@test -n "$(TASK)" || (echo 'usage: make deploy TASK="<instruction>" [ROBOT=sim|franka] [RECORD=<new dataset dir>] [ARGS="--robot-ip 172.16.0.2 --camera agentview=realsense ..."]'; exit 2)
+	$(VLA) deploy --robot $(ROBOT) --port $(PORT) --task "$(TASK)" $(if $(RECORD),--record $(RECORD),) $(ARGS)
+
 test:
 	$(PY) -m pytest -q
 

@@ -184,6 +184,12 @@ def bench_heads(repeats: int, backbone: str = "tiny_paligemma", image_size: int 
     return rows
 
 
+def _control_loop(ticks: int) -> list[dict]:
+    from real_robot.bench_loop import bench_control_loop
+
+    return bench_control_loop(ticks)
+
+
 def _table(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -204,6 +210,7 @@ def run_all(out: Path, quick: bool = False) -> dict:
         "workers": bench_workers(20 if quick else 200, tuple(sorted({1, 2, os.cpu_count() or 2}))),
         "heads": bench_heads(2 if quick else 20),
         "server": bench_server(5 if quick else 50),
+        "control_loop": _control_loop(45 if quick else 300),
         # the same comparison where compute dominates: 2 x 196 image tokens, width 512, 8 layers
         "heads_small": bench_heads(1 if quick else 5, "small_paligemma", 224),
         "rl": bench_rl(4 if quick else 8, 32 if quick else 64),
@@ -214,6 +221,7 @@ def run_all(out: Path, quick: bool = False) -> dict:
           _table(results["workers"]), "",
           "## Action heads: latency per chunk, actions/s, cost in full forward passes (batch 1, CPU, 2 threads)", "", _table(results["heads"]), "",
           "## Policy server round trip (loopback)", "", _table(results["server"]), "",
+          "## Deployment control loop: period jitter against the MuJoCo stand-in", "", _table(results["control_loop"]), "",
           "## Action heads on small_paligemma (random weights, ~28M, 224 px): compute-bound", "",
           _table(results["heads_small"]), "",
           "## RL throughput (env frames/s, LIBERO, 2 workers)", "", _table(results["rl"]), ""]
