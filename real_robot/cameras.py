@@ -133,8 +133,9 @@ class SimCamera:
         pass
 
 
-def parse_camera_spec(spec: str, width: int, height: int) -> Camera:
-    """`name=opencv:<index or path>` or `name=realsense[:<serial>]` (the --camera flag of `vla deploy`)."""
+def parse_camera_spec(spec: str, width: int = 640, height: int = 480) -> Camera:
+    """`name=opencv:<index or path>` or `name=realsense[:<serial>]` (the --camera flag of `vla deploy`).
+    Devices capture at a size they support (640x480 by default); the loop centre-crops and resizes."""
     name, sep, source = spec.partition("=")
     kind, _, arg = source.partition(":")
     if not sep or not name or kind not in ("opencv", "realsense"):

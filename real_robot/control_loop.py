@@ -28,6 +28,7 @@ from real_robot.policy_link import PolicyLink
 from real_robot.recorder import EpisodeRecorder, executed_action, libero_state
 from real_robot.safety import SafetyFilter, SafetyLimits
 from real_robot.server import OPENPI_CAMERA_KEYS
+from real_robot.watchdog import Watchdog
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,15 @@ class EpisodeStats:
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Square frames as the policies are trained on: centre crop to a square, then resize."""
     if image.shape[:2] == (size, size):
         return image
     import cv2
 
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return cv2.resize(image[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_AREA)
 
 
 class ControlLoop:
@@ -101,8 +106,6 @@ class ControlLoop:
         self.schedule = ChunkSchedule(cfg.replan_every, cfg.ensemble_k)
         if chunk_size:
             self.schedule.validate_chunk_size(chunk_size)
-        from real_robot.watchdog import Watchdog
-
         self.watchdog = Watchdog(cfg.policy_timeout_s or cfg.period_s, cfg.frame_timeout_s or cfg.period_s)
 
     def _policy_obs(self, obs: RobotObservation, images: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def make_cameras(args: argparse.Namespace, robot: Robot, names: list[str]) -> di
         if args.camera:
             raise ValueError("--robot sim renders its own cameras; --camera is for real ones")
         return {n: SimCamera(robot, n, args.image_size, args.image_size) for n in names}
-    cams = [parse_camera_spec(spec, args.image_size, args.image_size) for spec in args.camera]
+    cams = [parse_camera_spec(spec) for spec in args.camera]
     return {c.name: c for c in cams}
 
 
@@ -98,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
         log("signal", signal=signal.Signals(signum).name, action="hold, save the episode, disconnect")
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    limits = limits_from_args(args)
-    link = PolicyLink(lambda: PolicyClient(args.host, args.port, args.api_key, timeout_s=2.0))
+    limits = limits_from_args(args)  # bad flags fail here, before anything connects
     robot = make_robot(args)
+    link = PolicyLink(lambda: PolicyClient(args.host, args.port, args.api_key, timeout_s=2.0))
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     cameras: dict[str, Camera] = {}
     recorder = None
     connected = False

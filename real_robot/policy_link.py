@@ -21,6 +21,10 @@ from real_robot.client import PolicyClient, PolicyError
 log = logging.getLogger(__name__)
 
 
+class _Stopped(Exception):
+    """The link is shutting down while waiting for a connection."""
+
+
 class StaleObservation(Exception):
     """The observation aged past use while the link was reconnecting."""
 
@@ -101,13 +105,13 @@ class PolicyLink:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._backoff[1])
         if self._client is None:
-            raise ConnectionError("stopped")
+            raise _Stopped()
         return self._client
 
     def _run(self) -> None:
         try:
             self._ensure_client()
-        except ConnectionError:
+        except _Stopped:
             return
         while not self._stop.is_set():
             item = self._requests.get()
@@ -127,10 +131,8 @@ class PolicyLink:
                 result = Reply(tick, obs_time, None, f"server error: {err}", time.monotonic() - started)
             except StaleObservation as err:
                 result = Reply(tick, obs_time, None, str(err), time.monotonic() - started)
-            except ConnectionError as err:
-                if str(err) == "stopped":
-                    return
-                result = self._drop(tick, obs_time, started, err)
+            except _Stopped:
+                return
             except Exception as err:  # closed socket, timeout, bad reply: drop the connection and reconnect
                 result = self._drop(tick, obs_time, started, err)
             self._replies.put(result)

@@ -313,3 +313,25 @@ def test_franka_backend_sends_absolute_targets_and_recovers_from_control_errors(
     Robot.fail = True
     done = robot.send(Command(np.array([0.42, 0, 0.3]), np.zeros(3), 1.0))
     assert done.hold and "reflex" in done.events[-1] and calls[-1] == "recover"
+
+
+def test_frames_are_centre_cropped_to_squares():
+    from real_robot.control_loop import _resize
+
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[:, 80:560] = 255  # the centre square is white, the side bands black
+    out = _resize(image, 64)
+    assert out.shape == (64, 64, 3) and out.min() == 255
+
+
+def test_deploy_flags_are_checked_before_anything_connects(capsys):
+    from vla.cli import main
+
+    tic = time.perf_counter()
+    assert main(["deploy", "--robot", "franka", "--task", "x"]) == 2
+    assert "--robot-ip" in capsys.readouterr().err
+    assert main(["deploy", "--task", "x", "--workspace", "0,0,0,1,1"]) == 2
+    assert "6 numbers" in capsys.readouterr().err
+    assert main(["deploy", "--task", "x", "--workspace", "1,0,0,0,1,1"]) == 2
+    assert "workspace_min" in capsys.readouterr().err
+    assert time.perf_counter() - tic < 5
