@@ -46,3 +46,11 @@ def test_word_hash_tokenizer_is_stable_and_below_action_ids():
     ids = tok.encode("Pick up the black bowl, then place it on the plate.")
     assert ids == tok.encode("pick up the black bowl , then place it on the plate .")
     assert ids[0] == tok.bos_id and max(ids) < 767 and len(ids) == 14
+
+
+def test_float_keys_take_yaml_exponents_and_refuse_words():
+    # YAML 1.1 reads 5e-5 (no dot) as a string; a float key must still get the number
+    cfg = merge(ExperimentConfig(), parse_overrides(["rl.lr=5e-5", "train.lr=3"]))
+    assert cfg.rl.lr == 5e-5 and isinstance(cfg.rl.lr, float) and cfg.train.lr == 3.0
+    with pytest.raises(ConfigError, match="rl.lr: expected a number"):
+        merge(ExperimentConfig(), parse_overrides(["rl.lr=fast"]))
