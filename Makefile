@@ -40,7 +40,7 @@ rl:
 
 # The RL learning demonstration in the README: BC a diffusion policy (1,500 steps, as `make finetune`
 # does), then GRPO, evaluated before and after on the same 100 episodes (50 init states x 2 seeds).
-RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=8 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=5e-5 "rl.eval_seeds=[7,8]"
+RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=8 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=1e-5 rl.epochs=1 "rl.eval_seeds=[7,8]"
 rl-demo:
 	$(VLA) train --policy diffusion --sim $(SIM) output_dir=runs/diffusion
 	$(VLA) rl --policy diffusion --sim $(SIM) --ckpt runs/diffusion/checkpoints/step_0001500 output_dir=runs/rl_demo_diffusion_grpo $(RL_DEMO_ARGS)

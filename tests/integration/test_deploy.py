@@ -71,7 +71,10 @@ def test_deploy_records_an_episode_that_loads_and_stops_cleanly_on_sigterm(tiny_
     log_path, record = tmp_path / "deploy.jsonl", tmp_path / "rollouts"
     daemon = subprocess.Popen(
         [sys.executable, "-m", "vla.cli", "deploy", "--robot", "sim", "--port", str(port), "--task", "pick up the bowl",
-         "--steps", "2000", "--image-size", str(SIZE), "--record", str(record), "--log", str(log_path)],
+         "--steps", "2000", "--image-size", str(SIZE), "--record", str(record), "--log", str(log_path),
+         # this test is about recording and shutdown; the watchdog's one-period default is tested below
+         # and would hold the arm throughout on a loaded 2-core machine
+         "--policy-timeout", "1.0"],
         cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
