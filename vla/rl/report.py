@@ -56,7 +56,7 @@ def _plot(path: Path, history: list[dict], evals: dict[int, dict], cfg: Experime
                 label=f"evaluation ({evals[its[0]]['episodes']} fixed episodes, 95% CI)")
     ax.set(xlabel="RL iteration", ylabel="success %", ylim=(0, 100),
            title=f"{cfg.rl.algo.upper()} on the {cfg.head.type} head")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
