@@ -54,6 +54,9 @@ class SimPanda:
             "Lift", robots="Panda", controller_configs=load_controller_config(default_controller="OSC_POSE"),
             has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, control_freq=self.control_hz,
             horizon=10**9, ignore_done=True, hard_reset=False)
+        # robosuite's controllers are numba functions compiled on their first call (seconds on a fresh
+        # install, cached afterwards): step once here, before any control clock starts, then start over
+        self._step(np.array([0.1, 0.0, 0.0, 0.0, 0.0, 0.1, -1.0]))
         self.reset()  # robosuite places the cube from the global stream: seeded
         base = self._env.robots[0].robot_model.root_body
         self._base_pos = self._env.sim.data.get_body_xpos(base).copy()

@@ -75,15 +75,16 @@ def test_deploy_records_an_episode_that_loads_and_stops_cleanly_on_sigterm(tiny_
          # this test is about recording and shutdown; the watchdog's one-period default is tested below
          # and would hold the arm throughout on a loaded 2-core machine
          "--policy-timeout", "1.0", "--frame-timeout", "1.0"],
-        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # an empty numba cache: robosuite's controllers compile as on a fresh install, which must
+        # happen while connecting, never inside the control loop
+        cwd=ROOT, env={**ENV, "NUMBA_CACHE_DIR": str(tmp_path / "numba_cache")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while not (log_path.exists() and '"episode_start"' in log_path.read_text()):
             assert daemon.poll() is None and time.time() < deadline, daemon.stderr.read()[-3000:] if daemon.poll() else "slow"
             time.sleep(0.1)
-        # on a fresh install the first tick stalls ~6 s and the first moving tick ~2 s (one-time work not
-        # yet moved into warm-up; the loop skips the missed ticks and goes on); 10 s leaves >= 15 ticks
-        time.sleep(10.0)
+        time.sleep(4.0)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(60) == 0
     finally:
@@ -94,7 +95,9 @@ def test_deploy_records_an_episode_that_loads_and_stops_cleanly_on_sigterm(tiny_
     kinds = [e["event"] for e in events]
     assert kinds.index("signal") < kinds.index("episode_end") < kinds.index("episode_saved") < kinds.index("stopped")
     end = next(e for e in events if e["event"] == "episode_end")
-    assert end["stopped"] and end["sent"] >= 10 and end["ticks"] >= 15, json.dumps([e for e in events if e["event"] != "safety"])[-3000:]
+    stalls = [e for e in events if e["event"] == "overrun" and e["late_ms"] > 1000]
+    assert end["stopped"] and end["sent"] >= 25 and end["ticks"] >= 30 and not stalls, \
+        json.dumps([e for e in events if e["event"] != "safety"])[-3000:]
     saved = next(e for e in events if e["event"] == "episode_saved")
     ds = open_dataset(str(record), chunk_size=8)
     validate_dataset(ds, ["agentview", "wrist"], 7, True)
