@@ -58,6 +58,19 @@ def test_grpo_group_advantages_and_filtering():
     assert len(kept) == 8 and logs["groups_filtered"] == 0
 
 
+def test_grpo_weighs_episodes_equally_so_a_groups_advantages_cancel():
+    # a short success and a long failure: per decision the failure's 4 decisions outvote the
+    # success's 2 and the batch pushes every sampled action down; per episode they cancel
+    eps = [_episode([0, 1], group=0), _episode([0, 0, 0, 0], group=0)]
+    kept, advs, rets, _ = grpo.advantages(eps, RLConfig(algo="grpo"))
+    by_decision = flatten(kept, advs, rets)
+    by_episode = flatten(kept, advs, rets, per_episode=True)
+    assert float((by_decision.weights * by_decision.advantages).sum()) == pytest.approx(-2, abs=1e-4)
+    assert float((by_episode.weights * by_episode.advantages).sum()) == pytest.approx(0, abs=1e-4)
+    assert by_episode.weights.tolist() == pytest.approx([1.5, 1.5, 0.75, 0.75, 0.75, 0.75])
+    assert float(by_episode.weights.mean()) == pytest.approx(1.0)
+
+
 def test_grpo_plans_groups_of_one_init_state():
     plan = grpo.plan_groups([("libero_spatial", 0), ("libero_spatial", 1)], list(range(50)), 3, 4,
                             np.random.default_rng(0))

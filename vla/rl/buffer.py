@@ -19,6 +19,7 @@ class DecisionBatch:
     values: torch.Tensor  # (N,) critic at sampling time
     advantages: torch.Tensor  # (N,)
     returns: torch.Tensor  # (N,) critic targets (PPO)
+    weights: torch.Tensor  # (N,) each decision's share of the policy loss, mean 1
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -28,7 +29,7 @@ class DecisionBatch:
         return DecisionBatch(
             self.images[index], self.states[index], [self.instructions[i] for i in idx],
             {k: v[index] for k, v in self.records.items()}, self.old_log_prob[index], self.values[index],
-            self.advantages[index], self.returns[index],
+            self.advantages[index], self.returns[index], self.weights[index],
         )
 
     def minibatches(self, size: int, generator: torch.Generator):
@@ -40,11 +41,22 @@ class DecisionBatch:
             yield self.select(order[start:start + size])
 
 
-def flatten(episodes: list[EpisodeRollout], advantages: list[np.ndarray], returns: list[np.ndarray]) -> DecisionBatch:
-    """One row per decision; `advantages[i]` / `returns[i]` hold episode i's per-decision values."""
+def flatten(episodes: list[EpisodeRollout], advantages: list[np.ndarray], returns: list[np.ndarray],
+            per_episode: bool = False) -> DecisionBatch:
+    """One row per decision; `advantages[i]` / `returns[i]` hold episode i's per-decision values.
+
+    per_episode: every episode weighs the same in the loss, however many decisions it took. With an
+    episode-level advantage (GRPO) per-decision weighting lets length decide the sign of the batch's
+    net push: failures run to the time limit with about twice the decisions of successes, so a
+    group's advantages no longer cancel and the update drifts the policy (Dr. GRPO's length bias)."""
     decisions = [d for e in episodes for d in e.decisions]
     if not decisions:
         raise ValueError("no decisions to learn from (every episode was filtered out or dropped)")
+    if per_episode:
+        mean_len = len(decisions) / len(episodes)
+        weights = np.concatenate([np.full(len(e.decisions), mean_len / len(e.decisions)) for e in episodes if e.decisions])
+    else:
+        weights = np.ones(len(decisions))
     keys = decisions[0].record.keys()
     return DecisionBatch(
         images=torch.from_numpy(np.stack([d.images for d in decisions])),
@@ -55,4 +67,5 @@ def flatten(episodes: list[EpisodeRollout], advantages: list[np.ndarray], return
         values=torch.tensor([d.value for d in decisions], dtype=torch.float32),
         advantages=torch.from_numpy(np.concatenate(advantages)).float(),
         returns=torch.from_numpy(np.concatenate(returns)).float(),
+        weights=torch.from_numpy(weights).float(),
     )

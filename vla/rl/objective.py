@@ -35,12 +35,15 @@ def ratio_scale(cfg: RLConfig, chunk_size: int, action_dim: int) -> float:
     raise ValueError(f"rl.log_ratio must be per_dim or chunk, got {cfg.log_ratio!r}")
 
 
-def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, low: float, high: float):
-    """PPO's pessimistic objective (as a loss) and the fraction of clipped ratios."""
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, low: float, high: float,
+                      weights: torch.Tensor | None = None):
+    """PPO's pessimistic objective (as a loss, optionally weighted per decision) and the fraction of
+    clipped ratios."""
     ratio = log_ratio.exp()
     unclipped = ratio * advantages
     clipped = ratio.clamp(low, high) * advantages
-    loss = -torch.minimum(unclipped, clipped).mean()
+    pessimistic = torch.minimum(unclipped, clipped)
+    loss = -(pessimistic if weights is None else pessimistic * weights).mean()
     clip_frac = ((ratio < low) | (ratio > high)).float().mean()
     return loss, clip_frac
 
@@ -86,7 +89,7 @@ def update(policy, batch: DecisionBatch, optimizer: torch.optim.Optimizer, cfg: 
             if train_actor:
                 new_lp, entropy = policy.head.evaluate(prefix, records)
                 log_ratio = (new_lp - mb.old_log_prob.to(dev)) / scale
-                pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high)
+                pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high, mb.weights.to(dev))
                 ent = entropy.mean() / scale
                 loss = loss + pg - cfg.entropy_coef * ent
                 with torch.no_grad():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import sim
 from vla.checkpoint import latest_checkpoint, load_policy, load_training_state, save_training_checkpoint
 from vla.config import ConfigError, ExperimentConfig, merge, parse_overrides, to_yaml
 from vla.model import Policy
@@ -107,13 +108,11 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     # the env workers run while the policy samples; torch threads spinning on the same cores as the
     # simulators measured ~10x slower inference here than one thread
     torch.set_num_threads(rl.torch_threads or max(1, (os.cpu_count() or 1) - rl.workers))
-    from sim.libero import num_init_states
-
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     tasks = [(cfg.demos.suite, t) for t in (rl.tasks or cfg.demos.tasks)]
-    init_states = rl.init_states or list(range(num_init_states(*tasks[0])))
+    init_states = rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
     reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
     optimizer = make_optimizer(policy, rl)
     state = _resume(out / "checkpoints", policy, optimizer)
@@ -149,7 +148,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
                    "rollout_s": round(stats.seconds, 1), "policy_s": round(stats.policy_seconds, 1),
                    "restarts": stats.restarts, "dropped": stats.dropped, **extra}
             if kept:
-                batch = flatten(kept, advs, rets)
+                batch = flatten(kept, advs, rets, per_episode=rl.algo == "grpo")
                 warmup = rl.algo == "ppo" and it <= rl.critic_warmup
                 if rl.algo == "ppo":
                     row["explained_variance"] = explained_variance(batch.values, batch.returns)
