@@ -29,9 +29,11 @@ config:
 
 SUITE ?=
 WORKERS ?= 2
+RAY ?=
 eval:
-	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=<checkpoint dir> [SUITE=libero_130|libero_spatial,...]"; exit 2)
-	$(if $(SUITE),$(VLA) sweep --ckpt $(CKPT) --suite $(SUITE) --workers $(WORKERS) $(ARGS),$(VLA) eval --ckpt $(CKPT) $(ARGS))
+	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=<checkpoint dir> [SUITE=libero_130|libero_spatial,...] [RAY=auto|<head ip>:6379]"; exit 2)
+	@test -z "$(RAY)" -o -n "$(SUITE)" || (echo "RAY= shards a sweep: give SUITE= too"; exit 2)
+	$(if $(SUITE),$(VLA) sweep --ckpt $(CKPT) --suite $(SUITE) --workers $(WORKERS) $(if $(RAY),--ray $(RAY),) $(ARGS),$(VLA) eval --ckpt $(CKPT) $(ARGS))
 
 ALGO ?= ppo
 rl:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh-machine setup: Debian packages for headless rendering and video decoding, a venv with the
-# project and its LIBERO extra, LIBERO's config file and assets. Safe to run again.
+# project and its LIBERO and ManiSkill extras (plus a Vulkan driver for ManiSkill), LIBERO's config file and
+# assets. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,11 +15,36 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
+# ManiSkill3 (SAPIEN) needs a Vulkan device, even for state-only observations. Without an NVIDIA driver that is
+# Mesa's lavapipe (CPU Vulkan), and Debian 12's Mesa 22 lacks features SAPIEN uses: Mesa 25 comes from
+# bookworm-backports (the suite is added to apt only if missing). sim/maniskill.py sets VK_ICD_FILENAMES to it.
+if [ "$(id -u)" = 0 ]; then APT_SUDO=""; else APT_SUDO="sudo"; fi
+mesa_version=$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || echo 0)
+if ls /usr/share/vulkan/icd.d/nvidia*.json /etc/vulkan/icd.d/nvidia*.json >/dev/null 2>&1; then
+  echo "[install] Vulkan: NVIDIA driver found, lavapipe not needed"
+elif dpkg -s libvulkan1 >/dev/null 2>&1 && dpkg --compare-versions "$mesa_version" ge 25; then
+  echo "[install] Vulkan: lavapipe (Mesa $mesa_version) already installed"
+elif grep -qs '^VERSION_CODENAME=bookworm' /etc/os-release; then
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "[install] adding bookworm-backports to apt"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      | $APT_SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+  fi
+  echo "[install] Vulkan: mesa-vulkan-drivers (Mesa 25) from bookworm-backports"
+  $APT_SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $APT_SUDO apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1 >/dev/null
+else
+  echo "[install] Vulkan: mesa-vulkan-drivers and libvulkan1 from this distribution (ManiSkill needs Mesa >= 25)"
+  $APT_SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $APT_SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[install] python packages (first time: torch and friends, a few minutes)"
-.venv/bin/python -m pip install -q -e ".[libero,dev]"
+# ray: `vla sweep --ray` (sharded sweeps on a Ray cluster) and its test; one ~80 MB wheel, ~8 s here
+.venv/bin/python -m pip install -q -e ".[libero,maniskill,dev,ray]"
 
 echo "[install] LIBERO config and assets"
 MUJOCO_GL=${MUJOCO_GL:-egl} .venv/bin/python -m sim.libero_setup

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sim.base import Env
 
-SIMS = ("libero",)
+SIMS = ("libero", "maniskill")
 
 
 def check_sim(name: str) -> None:
@@ -13,8 +13,24 @@ def check_sim(name: str) -> None:
 
 def make_env(name: str, suite: str, task: int | str, image_size: int, max_steps: int | None = None, seed: int = 7) -> Env:
     check_sim(name)
+    if name == "maniskill":
+        from sim.maniskill import ManiSkillEnv
+
+        return ManiSkillEnv(suite, task, image_size=image_size, max_steps=max_steps, seed=seed)
     from sim.libero import LiberoEnv
     from sim.libero_setup import ensure_libero_ready
 
     ensure_libero_ready()
     return LiberoEnv(suite, task, image_size=image_size, max_steps=max_steps, seed=seed)
+
+
+def num_init_states(name: str, suite: str, task: int) -> int:
+    """How many indexed init states a task has (LIBERO: its fixed 50; ManiSkill: 50 seeded resets by convention)."""
+    check_sim(name)
+    if name == "maniskill":
+        from sim.maniskill import num_init_states as maniskill_init_states
+
+        return maniskill_init_states(suite, task)
+    from sim.libero import num_init_states as libero_init_states
+
+    return libero_init_states(suite, task)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.demo_writer import finish_task_stats, write_episode
 from sim.experts import libero_pick_place as expert
 from sim.libero import LiberoEnv, list_tasks, num_init_states, resolve_task
 from vla.data.features import ACTION_KEY, CAMERA_TO_KEY, LIBERO_FPS, STATE_KEY, libero_features
@@ -109,21 +110,10 @@ def _record_task(ds: Any, suite: str, task_id: int, episodes: int, image_size: i
                 stats["replay_mismatches"] += 1
                 print(f"[demos] {suite} task {task_id} init {index}: replay did not reproduce success", flush=True)
                 continue
-            for frame in frames:
-                ds.add_frame({**frame, "task": env.instruction})
-            ds.save_episode(parallel_encoding=False)  # 2 cores: no encoder process pool
-            stats["episodes_written"] += 1
-            stats["frames"] += len(frames)
-            print(f"[demos] {suite} task {task_id} init {index}: {len(frames)} frames "
-                  f"({stats['episodes_written']}/{episodes}, {time.perf_counter() - t0:.0f} s)", flush=True)
+            write_episode(ds, frames, env.instruction, stats, f"{suite} task {task_id} init {index}", episodes, t0)
     finally:
         env.close()
-    stats["success_rate"] = stats["successes"] / max(stats["attempts"], 1)
-    stats["seconds"] = round(time.perf_counter() - t0, 1)
-    if stats["episodes_written"] < episodes:
-        print(f"[demos] WARNING {suite} task {task_id}: only {stats['episodes_written']}/{episodes} episodes "
-              f"from {stats['attempts']} init states", flush=True)
-    return stats
+    return finish_task_stats(stats, f"{suite} task {task_id}", episodes, t0)
 
 
 def main() -> None:

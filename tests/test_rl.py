@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from vla.checkpoint import norm_specs
-from vla.config import ExperimentConfig, RLConfig, merge
+from vla.config import RLConfig
 from vla.model import Policy
-from vla.normalize import Normalizer, compute_stats
 from vla.rl import grpo, ppo
 from vla.rl.buffer import flatten
 from vla.rl.objective import clip_range, clipped_surrogate, make_optimizer, update
 from vla.rl.rollout import Decision, EpisodeRollout, PlannedEpisode
+from vla.random_policy import random_policy
 
 
 def _episode(rewards, group=0, values=None, instruction="put the bowl on the plate"):
@@ -104,13 +103,8 @@ HEADS = {
 
 
 def _policy(head: dict, algo: str) -> Policy:
-    torch.manual_seed(0)
-    cfg = merge(ExperimentConfig(), {"backbone": {"image_size": 32}, "head": {"chunk_size": 2, "value_head": algo == "ppo", **head},
-                                     "rl": {"algo": algo, "epochs": 1, "minibatch_size": 4, "lr": 1e-4}})
-    rng = np.random.default_rng(0)
-    stats = {"action": compute_stats(rng.normal(size=(100, 7)) * 0.3, "action"),
-             "state": compute_stats(rng.normal(size=(100, 8)), "state")}
-    policy = Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval()
+    policy = random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 2, "value_head": algo == "ppo", **head},
+                            "rl": {"algo": algo, "epochs": 1, "minibatch_size": 4, "lr": 1e-4}})
     if head["type"] == "residual":
         policy.freeze_base()
     return policy

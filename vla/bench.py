@@ -199,6 +199,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def run_all(out: Path, quick: bool = False) -> dict:
+    from vla.bench_maniskill import bench_maniskill
     from vla.rl.bench import bench_rl
 
     torch.set_num_threads(2)
@@ -214,6 +215,7 @@ def run_all(out: Path, quick: bool = False) -> dict:
         # the same comparison where compute dominates: 2 x 196 image tokens, width 512, 8 layers
         "heads_small": bench_heads(1 if quick else 5, "small_paligemma", 224),
         "rl": bench_rl(4 if quick else 8, 32 if quick else 64),
+        "maniskill": bench_maniskill(20 if quick else 100),
     }
     md = ["# Benchmark results", "", f"Machine: {results['machine']}", "",
           "## Env steps/s (one process)", "", _table(results["env_steps"]), "",
@@ -224,7 +226,9 @@ def run_all(out: Path, quick: bool = False) -> dict:
           "## Deployment control loop: period jitter against the MuJoCo stand-in", "", _table(results["control_loop"]), "",
           "## Action heads on small_paligemma (random weights, ~28M, 224 px): compute-bound", "",
           _table(results["heads_small"]), "",
-          "## RL throughput (env frames/s, LIBERO, 2 workers)", "", _table(results["rl"]), ""]
+          "## RL throughput (env frames/s, LIBERO, 2 workers)", "", _table(results["rl"]), "",
+          "## ManiSkill3 env frames/s (PickCube-v1; CPU always, GPU-parallel when CUDA is present)", "",
+          _table(results["maniskill"]), ""]
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print("\n".join(md))

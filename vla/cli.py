@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--max-steps", type=int, default=None, help="default: the suite's standard value")
     sw.add_argument("--workers", type=int, default=2)
     sw.add_argument("--shard", default="0/1", help="i/N: run every N-th episode starting at i")
+    sw.add_argument("--ray", default=None, metavar="ADDRESS",
+                    help="shard the sweep over a running Ray cluster: auto or <head ip>:6379 (RAY=; ray extra)")
+    sw.add_argument("--ray-shards", type=int, default=None, help="with --ray: shards (default: one per node)")
     sw.add_argument("--out", default=None, help="results directory (default: <ckpt>/sweep_<suite>)")
     sw.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two sweeps' results side by side")
     sw.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="merge shard directories into --out and report")
@@ -144,16 +147,36 @@ def _sweep(args) -> int:
     index, _, count = args.shard.partition("/")
     if not (index.isdigit() and count.isdigit()):
         raise ValueError(f"--shard must look like i/N, got {args.shard!r}")
+    if args.ray and args.shard != "0/1":
+        raise ValueError("--ray makes its own shards; leave out --shard")
+    if args.ray_shards is not None and not args.ray:
+        raise ValueError("--ray-shards needs --ray <address>")
     tasks = [int(t) for t in args.tasks.split(",")] if args.tasks else None
     suites = resolve_suites(args.suite, tasks)
-    policy = load_policy(args.ckpt)
+    if args.ray:  # the shards load the weights on their nodes
+        from vla.checkpoint import load_config
+
+        policy, cfg = None, load_config(Path(args.ckpt))
+    else:
+        policy = load_policy(args.ckpt)
+        cfg = policy.cfg
     protocol = Protocol(episodes_per_task=args.episodes, max_steps=args.max_steps,
-                        replan_steps=policy.cfg.eval.replan_steps, image_size=policy.cfg.demos.image_size)
+                        replan_steps=cfg.eval.replan_steps, image_size=cfg.demos.image_size)
     out = Path(args.out or Path(args.ckpt) / f"sweep_{args.suite.replace(',', '+')}")
     tic = time.perf_counter()
-    stats = run_sweep(policy, suites, out, protocol, args.workers, (int(index), int(count)))
+    if args.ray:
+        from vla.eval.ray_sweep import RaySweepError, run_ray_sweep
+
+        try:
+            stats = run_ray_sweep(Path(args.ckpt), suites, out, protocol, args.workers, args.ray, args.ray_shards)
+        except RaySweepError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    else:
+        stats = run_sweep(policy, suites, out, protocol, args.workers, (int(index), int(count)))
     stats["wall_seconds"] = round(time.perf_counter() - tic, 1)
-    summary = write_report(out, {"checkpoint": str(args.ckpt), "workers": args.workers, "shard": args.shard, **stats})
+    summary = write_report(out, {"checkpoint": str(args.ckpt), "workers": args.workers,
+                                "shard": f"ray {args.ray}" if args.ray else args.shard, **stats})
     o = summary["overall"]
     print(f"[sweep] {o['successes']}/{o['episodes']} successes, {stats['restarts']} worker restarts; report: {out / 'report.md'}")
     return 0

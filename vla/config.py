@@ -176,6 +176,7 @@ class RLConfig:
     eval_every: int = 0  # also evaluate every N iterations (0 = before and after only)
     seed: int = 0
     torch_threads: int = 0  # 0 = the cores the env workers leave free (at least 1): oversubscribed torch crawls
+    overlap: bool = False  # pipelined: the next rollout runs (on a copy of the weights) while this batch trains
 
 
 @dataclass

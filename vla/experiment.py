@@ -44,10 +44,16 @@ def ensure_demos(cfg: ExperimentConfig) -> Path:
 
         print(f"[demos] {root} is incomplete (interrupted run); regenerating", flush=True)
         shutil.rmtree(root)
-    from sim.demos import generate_libero_demos
+    if cfg.sim == "maniskill":
+        from sim.maniskill_demos import generate_maniskill_demos
 
-    summary = generate_libero_demos(cfg.demos.suite, cfg.demos.tasks, cfg.demos.episodes_per_task, root,
-                                    repo_id=f"local/{root.name}", image_size=cfg.demos.image_size)
+        summary = generate_maniskill_demos(cfg.demos.suite, cfg.demos.tasks, cfg.demos.episodes_per_task, root,
+                                           repo_id=f"local/{root.name}", image_size=cfg.demos.image_size)
+    else:
+        from sim.demos import generate_libero_demos
+
+        summary = generate_libero_demos(cfg.demos.suite, cfg.demos.tasks, cfg.demos.episodes_per_task, root,
+                                        repo_id=f"local/{root.name}", image_size=cfg.demos.image_size)
     marker.write_text(json.dumps(summary, indent=2, default=str))
     return root
 

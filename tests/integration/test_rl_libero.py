@@ -10,14 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from vla.checkpoint import load_policy, norm_specs, save_policy
-from vla.config import ExperimentConfig, merge
-from vla.model import Policy
-from vla.normalize import Normalizer, compute_stats
+from vla.checkpoint import load_policy, save_policy
+from vla.random_policy import random_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.libero]
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,13 +22,8 @@ SMALL = ["rl.max_steps=16", "rl.eval_episodes_per_task=2", "rl.torch_threads=1",
 
 
 def _checkpoint(path: Path, head: dict) -> Path:
-    torch.manual_seed(0)
-    cfg = merge(ExperimentConfig(), {"backbone": {"image_size": 32}, "head": {"chunk_size": 4, **head},
-                                     "demos": {"image_size": 64}, "output_dir": str(path.parent)})
-    rng = np.random.default_rng(0)
-    stats = {"action": compute_stats(rng.normal(size=(100, 7)) * 0.3, "action"),
-             "state": compute_stats(rng.normal(size=(100, 8)), "state")}
-    save_policy(Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval(), path)
+    save_policy(random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 4, **head},
+                               "demos": {"image_size": 64}, "output_dir": str(path.parent)}), path)
     return path
 
 
@@ -72,16 +64,17 @@ def test_ppo_killed_and_resumed_runs_every_iteration_once(tmp_path):
     assert policy.value_head is not None and policy.cfg.rl.algo == "ppo"
 
 
-def test_grpo_on_a_frozen_base_residual(tmp_path):
+def test_grpo_on_a_frozen_base_residual_with_rollout_and_learning_overlapped(tmp_path):
     base = _checkpoint(tmp_path / "bc" / "ckpt", {"type": "oft"})
     out = tmp_path / "rl"
-    done = subprocess.run(_rl(base, out, "rl.algo=grpo", "rl.iterations=1", "rl.episodes_per_iter=4",
-                              "rl.group_size=2", "rl.filter_groups=false", policy="residual"),
+    done = subprocess.run(_rl(base, out, "rl.algo=grpo", "rl.iterations=2", "rl.episodes_per_iter=4",
+                              "rl.group_size=2", "rl.filter_groups=false", "rl.overlap=true", policy="residual"),
                           env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    row = json.loads((out / "rl_log.jsonl").read_text().splitlines()[0])
-    assert row["groups_kept"] == 2 and row["decisions"] == 16
-    policy = load_policy(out / "checkpoints" / "step_0000001")
+    rows = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]  # every update finished and logged, in order
+    assert all(r["groups_kept"] == 2 and r["decisions"] == 16 and "pg_loss" in r for r in rows)
+    policy = load_policy(out / "checkpoints" / "step_0000002")
     bc = load_policy(base)
     assert policy.cfg.head.type == "residual" and policy.value_head is None
     for name, value in bc.backbone.state_dict().items():  # the base stayed frozen

@@ -9,16 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from vla.checkpoint import norm_specs, save_policy
-from vla.config import ExperimentConfig, merge
+from vla.checkpoint import save_policy
 from vla.eval.report import write_report
 from vla.eval.sweep import EPISODES_FILE, Protocol, read_results, resolve_suites, run_sweep
-from vla.model import Policy
-from vla.normalize import Normalizer, compute_stats
+from vla.random_policy import random_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.libero]
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,13 +23,8 @@ SMALL = Protocol(episodes_per_task=2, max_steps=12, replan_steps=4, image_size=6
 
 @pytest.fixture(scope="module")
 def policy():
-    torch.manual_seed(0)
-    cfg = merge(ExperimentConfig(), {"backbone": {"image_size": 32}, "head": {"chunk_size": 4},
-                                     "demos": {"image_size": 64}, "eval": {"replan_steps": 4}})
-    rng = np.random.default_rng(0)
-    stats = {"action": compute_stats(rng.normal(size=(100, 7)) * 0.3, "action"),
-             "state": compute_stats(rng.normal(size=(100, 8)), "state")}
-    return Policy(cfg, Normalizer(stats, norm_specs(cfg)), 8).eval()
+    return random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 4},
+                          "demos": {"image_size": 64}, "eval": {"replan_steps": 4}})
 
 
 def _rows(out: Path) -> list[dict]:

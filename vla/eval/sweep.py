@@ -16,6 +16,7 @@ import zlib
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -114,8 +115,9 @@ class _Slot:
 
 def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protocol = Protocol(), workers: int = 2,
               shard: tuple[int, int] = (0, 1), sim_name: str = "libero", step_timeout_s: float = 120.0,
-              progress: bool = True) -> dict:
-    """Run (or finish) the sweep; returns counts. Results accumulate in out/episodes.jsonl."""
+              progress: bool = True, on_row: Callable[[dict], None] | None = None) -> dict:
+    """Run (or finish) the sweep; returns counts. Results accumulate in out/episodes.jsonl; `on_row`, if
+    given, is called with each row (a plain dict) right after it is written (the Ray launcher streams them)."""
     out.mkdir(parents=True, exist_ok=True)
     _check_protocol(out, protocol, suites)
     done = read_results(out)
@@ -128,7 +130,7 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
     cam_index = [CAMERAS.index(c) for c in cameras]
     slots = [_Slot(EnvWorker(protocol.image_size, step_timeout_s)) for _ in range(min(workers, max(total, 1)))]
     bar = tqdm(total=total, desc="sweep", disable=not progress, dynamic_ncols=True)
-    log = _open_log(out / EPISODES_FILE)
+    log = _RowLog(_open_log(out / EPISODES_FILE), on_row)
     sim_s = policy_s = reset_s = 0.0
     wall = time.perf_counter()
     try:
@@ -197,6 +199,23 @@ def _open_log(path: Path):
     return path.open("a")
 
 
+class _RowLog:
+    """episodes.jsonl: one JSON line per finished episode, flushed and fsynced, then handed to `on_row`."""
+
+    def __init__(self, file, on_row: Callable[[dict], None] | None):
+        self.file, self.on_row = file, on_row
+
+    def append(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        if self.on_row is not None:
+            self.on_row(row)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def _check_protocol(out: Path, protocol: Protocol, suites: dict[str, list[int]]) -> None:
     """A resumed sweep must use the protocol it started with, or its numbers would mix."""
     path = out / "protocol.json"
@@ -245,8 +264,7 @@ def _retry(todo: deque, episode: Episode, attempts: dict[str, int], log, bar) ->
         return
     row = {"key": episode.key, **asdict(episode), "status": "error", "success": None, "steps": None,
            "attempts": attempts[episode.key]}
-    log.write(json.dumps(row) + "\n")
-    log.flush()
+    log.append(row)
     bar.update(1)
 
 
@@ -279,8 +297,6 @@ def _finish(slot: _Slot, success: bool, log, attempt: int, out: Path, videos: di
             videos[key] = videos.get(key, 0) + 1
         except (WorkerCrashed, EnvError) as err:  # the result stands without its video
             print(f"[sweep] video for {episode.key} not written: {err}")
-    log.write(json.dumps(row) + "\n")
-    log.flush()
-    os.fsync(log.fileno())
+    log.append(row)
     slot.episode = None
     slot.queue.clear()

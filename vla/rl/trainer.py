@@ -4,9 +4,12 @@ so a kill -9 loses at most the iteration in flight. The same fixed evaluation se
 RL and after it (and every rl.eval_every iterations), through the resumable sweep runner."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from vla.checkpoint import latest_checkpoint, load_policy, load_training_state, 
 from vla.config import ConfigError, ExperimentConfig, merge, parse_overrides, to_yaml
 from vla.model import Policy
 from vla.rl import grpo, ppo
-from vla.rl.buffer import flatten
+from vla.rl.buffer import DecisionBatch, flatten
 from vla.rl.objective import explained_variance, make_optimizer, reference_copy, update
 from vla.rl.rollout import EnvPool, PlannedEpisode, apply_step_penalty
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
@@ -130,49 +133,108 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
                   f"(95% CI {e['ci95'][0]:.1%}-{e['ci95'][1]:.1%}), {e['seconds']} s", flush=True)
 
     maybe_eval(0)
+    # overlap: the rollout acts with a snapshot of the weights while the learner thread updates the
+    # policy on the previous batch (one iteration off-policy: the ratio is taken against the log-prob
+    # of the policy that sampled, so clipping bounds the gap); the snapshot follows every update
+    actor = _snapshot(policy) if rl.overlap else policy
+    learner = ThreadPoolExecutor(1, thread_name_prefix="rl-learner") if rl.overlap else None
     pool = EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed)
-    try:
-        while state["iteration"] < rl.iterations:
-            it = state["iteration"] + 1
-            generator = torch.Generator().manual_seed(rl.seed * 1_000_003 + it)
-            tic = time.perf_counter()
-            policy.eval()
-            episodes, stats = pool.collect(policy, _plan(cfg, tasks, init_states, it), generator)
-            apply_step_penalty(episodes, rl.step_penalty)
-            kept, advs, rets, extra = algo.advantages(episodes, cfg.rl)
-            row = {"iteration": it, "episodes": len(episodes),
-                   "success_rate": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
-                   "return": float(np.mean([e.ret for e in episodes])) if episodes else 0.0,
-                   "episode_steps": float(np.mean([e.steps for e in episodes])) if episodes else 0.0,
-                   "env_frames_per_s": stats.env_steps / max(stats.seconds, 1e-9),
-                   "rollout_s": round(stats.seconds, 1), "policy_s": round(stats.policy_seconds, 1),
-                   "restarts": stats.restarts, "dropped": stats.dropped, **extra}
-            if kept:
-                batch = flatten(kept, advs, rets, per_episode=rl.algo == "grpo")
-                warmup = rl.algo == "ppo" and it <= rl.critic_warmup
-                if rl.algo == "ppo":
-                    row["explained_variance"] = explained_variance(batch.values, batch.returns)
-                t0 = time.perf_counter()
-                row.update(update(policy, batch, optimizer, rl, generator, train_actor=not warmup,
-                                  train_critic=rl.algo == "ppo", reference=reference))
-                row.update(decisions=len(batch), update_s=round(time.perf_counter() - t0, 1))
-            row["iteration_s"] = round(time.perf_counter() - tic, 1)
-            state["iteration"] = it
-            state["history"].append(row)
-            print("[rl] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
+
+    def finish(row: dict, started: float, job: Future | None) -> None:
+        """Log, checkpoint and (maybe) evaluate one iteration once its update is done."""
+        if job is not None:
+            row.update(job.result())
+        row["iteration_s"] = round(time.perf_counter() - started, 1)
+        state["iteration"] = row["iteration"]
+        state["history"].append(row)
+        print("[rl] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              flush=True)
+        if actor is not policy:
+            actor.load_state_dict(policy.state_dict())
+        _save(out / "checkpoints", policy, optimizer, state)
+        _write_log(out / "rl_log.jsonl", state["history"])
+        if rl.eval_every and row["iteration"] % rl.eval_every == 0 and row["iteration"] < rl.iterations:
+            maybe_eval(row["iteration"])
             _save(out / "checkpoints", policy, optimizer, state)
-            _write_log(out / "rl_log.jsonl", state["history"])
-            if rl.eval_every and it % rl.eval_every == 0 and it < rl.iterations:
-                maybe_eval(it)
-                _save(out / "checkpoints", policy, optimizer, state)
+
+    pending: tuple[dict, float, Future | None] | None = None
+    try:
+        it = state["iteration"] + 1
+        while it <= rl.iterations or pending is not None:
+            collected = None
+            if it <= rl.iterations:
+                generator = torch.Generator().manual_seed(rl.seed * 1_000_003 + it)
+                tic = time.perf_counter()
+                collected = (*_rollout(actor, pool, cfg, algo, _plan(cfg, tasks, init_states, it), generator, it),
+                             generator, tic)
+            if pending is not None:  # the update that trained during this rollout
+                finish(*pending)
+                pending = None
+            if collected is None:
+                break
+            row, batch, generator, tic = collected
+            it += 1
+            if batch is None:
+                finish(row, tic, None)
+                continue
+            warmup = rl.algo == "ppo" and row["iteration"] <= rl.critic_warmup
+            step = partial(_timed_update, policy, batch, optimizer, rl, generator, train_actor=not warmup,
+                           train_critic=rl.algo == "ppo", reference=reference)
+            if learner is None:
+                finish(row, tic, _completed(step()))
+            else:
+                pending = (row, tic, learner.submit(step))
     finally:
+        if learner is not None:
+            learner.shutdown(wait=True)
         pool.close()
     maybe_eval(state["iteration"])
     final = _save(out / "checkpoints", policy, optimizer, state)
     from vla.rl.report import write_rl_report
 
     return write_rl_report(out, state, cfg, final)
+
+
+def _rollout(actor, pool: EnvPool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode],
+             generator: torch.Generator, it: int) -> tuple[dict, DecisionBatch | None]:
+    """One iteration's episodes -> its log row and the batch to learn from (None: nothing kept)."""
+    rl = cfg.rl
+    actor.eval()
+    episodes, stats = pool.collect(actor, plan, generator)
+    apply_step_penalty(episodes, rl.step_penalty)
+    kept, advs, rets, extra = algo.advantages(episodes, rl)
+    row = {"iteration": it, "episodes": len(episodes),
+           "success_rate": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
+           "return": float(np.mean([e.ret for e in episodes])) if episodes else 0.0,
+           "episode_steps": float(np.mean([e.steps for e in episodes])) if episodes else 0.0,
+           "env_frames_per_s": stats.env_steps / max(stats.seconds, 1e-9),
+           "rollout_s": round(stats.seconds, 1), "policy_s": round(stats.policy_seconds, 1),
+           "restarts": stats.restarts, "dropped": stats.dropped, **extra}
+    if not kept:
+        return row, None
+    batch = flatten(kept, advs, rets, per_episode=rl.algo == "grpo")
+    if rl.algo == "ppo":
+        row["explained_variance"] = explained_variance(batch.values, batch.returns)
+    return row, batch
+
+
+def _timed_update(policy, batch, optimizer, rl, generator, **kwargs) -> dict:
+    tic = time.perf_counter()
+    logs = update(policy, batch, optimizer, rl, generator, **kwargs)
+    return {**logs, "decisions": len(batch), "update_s": round(time.perf_counter() - tic, 1)}
+
+
+def _completed(value: dict) -> Future:
+    done: Future = Future()
+    done.set_result(value)
+    return done
+
+
+def _snapshot(policy):
+    """The acting copy of the policy for overlapped rollouts (a second set of weights in memory)."""
+    actor = copy.deepcopy(policy).eval()
+    actor.requires_grad_(False)
+    return actor
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
