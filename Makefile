@@ -31,7 +31,7 @@ SUITE ?=
 WORKERS ?= 2
 RAY ?=
 eval:
-	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=<checkpoint dir> [SUITE=libero_130|libero_spatial,...] [RAY=auto|<head ip>:6379]"; exit 2)
+	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=<checkpoint dir> [SUITE=libero_130|libero_spatial,...|maniskill] [RAY=auto|<head ip>:6379]"; exit 2)
 	@test -z "$(RAY)" -o -n "$(SUITE)" || (echo "RAY= shards a sweep: give SUITE= too"; exit 2)
 	$(if $(SUITE),$(VLA) sweep --ckpt $(CKPT) --suite $(SUITE) --workers $(WORKERS) $(if $(RAY),--ray $(RAY),) $(ARGS),$(VLA) eval --ckpt $(CKPT) $(ARGS))
 

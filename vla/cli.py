@@ -28,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     rl = sub.add_parser("rl", help="online RL (PPO/GRPO) from a BC checkpoint, evaluated before and after")
     _common(rl)
     rl.add_argument("--ckpt", required=True, help="BC checkpoint (POLICY=residual: the base to freeze)")
-    sw = sub.add_parser("sweep", help="evaluation sweep over LIBERO suites on worker processes (resumable)")
+    sw = sub.add_parser("sweep", help="evaluation sweep over LIBERO or ManiSkill suites on worker processes "
+                                      "(resumable)")
     sw.add_argument("--ckpt", help="checkpoint directory")
-    sw.add_argument("--suite", default="libero_130", help="libero_130 or comma-separated suites")
-    sw.add_argument("--tasks", default=None, help="comma-separated task ids within each suite (default: all)")
+    sw.add_argument("--suite", default=None, help="libero_130, maniskill or comma-separated suites of the checkpoint's "
+                    "simulator (default: libero_130 for a LIBERO checkpoint, maniskill for a ManiSkill one)")
+    sw.add_argument("--tasks", default=None, help="comma-separated task ids or names within each suite (default: all)")
     sw.add_argument("--episodes", type=int, default=50, help="episodes per task (standard protocol: 50)")
     sw.add_argument("--max-steps", type=int, default=None, help="default: the suite's standard value")
     sw.add_argument("--workers", type=int, default=2)
@@ -141,8 +143,8 @@ def _sweep(args) -> int:
         raise ValueError("sweep needs --ckpt <checkpoint dir> (or --compare A B)")
     import time
 
-    from vla.checkpoint import load_policy
-    from vla.eval.sweep import Protocol, resolve_suites, run_sweep
+    from vla.checkpoint import CheckpointError, load_config, load_policy
+    from vla.eval.sweep import FULL_SWEEP, LIBERO_ALL, Protocol, resolve_suites, run_sweep, suite_names, sweep_sim
 
     index, _, count = args.shard.partition("/")
     if not (index.isdigit() and count.isdigit()):
@@ -151,29 +153,35 @@ def _sweep(args) -> int:
         raise ValueError("--ray makes its own shards; leave out --shard")
     if args.ray_shards is not None and not args.ray:
         raise ValueError("--ray-shards needs --ray <address>")
-    tasks = [int(t) for t in args.tasks.split(",")] if args.tasks else None
-    suites = resolve_suites(args.suite, tasks)
-    if args.ray:  # the shards load the weights on their nodes
-        from vla.checkpoint import load_config
-
-        policy, cfg = None, load_config(Path(args.ckpt))
-    else:
-        policy = load_policy(args.ckpt)
-        cfg = policy.cfg
+    tasks = [int(t) if t.strip().isdigit() else t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    try:
+        cfg = load_config(Path(args.ckpt))
+        suite = args.suite or FULL_SWEEP.get(cfg.sim, LIBERO_ALL)
+        # the suite names its simulator (the env workers build that one); the checkpoint must come from it
+        sim_name = sweep_sim(suite_names(suite))
+        if sim_name != cfg.sim:
+            raise ValueError(f"checkpoint {args.ckpt} was trained in SIM={cfg.sim}, but --suite {suite} runs in "
+                             f"{sim_name}; a checkpoint is swept in its own simulator: use --suite "
+                             f"{FULL_SWEEP.get(cfg.sim, cfg.sim)} or some of its suites (or leave --suite out)")
+        suites = resolve_suites(suite, tasks)
+        policy = None if args.ray else load_policy(args.ckpt)  # with --ray the shards load it on their nodes
+    except CheckpointError as err:
+        raise ValueError(str(err)) from err
     protocol = Protocol(episodes_per_task=args.episodes, max_steps=args.max_steps,
                         replan_steps=cfg.eval.replan_steps, image_size=cfg.demos.image_size)
-    out = Path(args.out or Path(args.ckpt) / f"sweep_{args.suite.replace(',', '+')}")
+    out = Path(args.out or Path(args.ckpt) / f"sweep_{suite.replace(',', '+')}")
     tic = time.perf_counter()
     if args.ray:
         from vla.eval.ray_sweep import RaySweepError, run_ray_sweep
 
         try:
-            stats = run_ray_sweep(Path(args.ckpt), suites, out, protocol, args.workers, args.ray, args.ray_shards)
+            stats = run_ray_sweep(Path(args.ckpt), suites, out, protocol, args.workers, args.ray, args.ray_shards,
+                                  sim_name)
         except RaySweepError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     else:
-        stats = run_sweep(policy, suites, out, protocol, args.workers, (int(index), int(count)))
+        stats = run_sweep(policy, suites, out, protocol, args.workers, (int(index), int(count)), sim_name)
     stats["wall_seconds"] = round(time.perf_counter() - tic, 1)
     summary = write_report(out, {"checkpoint": str(args.ckpt), "workers": args.workers,
                                 "shard": f"ray {args.ray}" if args.ray else args.shard, **stats})

@@ -31,7 +31,7 @@ from typing import Any
 from tqdm import tqdm
 
 from vla.eval.sweep import (EPISODES_FILE, Protocol, _check_protocol, _open_log, _RowLog, _video_counts, plan_episodes,
-                            read_results)
+                            read_results, sweep_sim)
 
 MAX_SHARD_ATTEMPTS = 3  # a shard whose worker or node is lost is resubmitted (for its missing episodes) this often
 FORWARDED_ENV = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "VLA_LIBERO_ASSETS")
@@ -172,12 +172,14 @@ def _store(item: dict[str, Any], out: Path, log: _RowLog, done: dict[str, dict],
 
 
 def run_ray_sweep(ckpt: Path, suites: dict[str, list[int]], out: Path, protocol: Protocol, workers: int,
-                  address: str | None, shards: int | None = None, sim_name: str = "libero",
+                  address: str | None, shards: int | None = None, sim_name: str | None = None,
                   step_timeout_s: float = 120.0, progress: bool = True) -> dict:
     """Run (or finish) the sweep as shards on the Ray cluster at `address`; results accumulate in
-    out/episodes.jsonl on this machine as they finish. Returns counts like `run_sweep` plus a `ray` entry."""
+    out/episodes.jsonl on this machine as they finish. Returns counts like `run_sweep` plus a `ray` entry.
+    `sim_name`: as in `run_sweep` (None = the suites' simulator); every shard's workers build that one."""
     if shards is not None and shards < 1:
         raise RaySweepError(f"--ray-shards must be at least 1, got {shards}")
+    sim_name = sweep_sim(suites, sim_name)
     out.mkdir(parents=True, exist_ok=True)
     _check_protocol(out, protocol, suites)
     ray = connect(address)

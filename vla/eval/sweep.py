@@ -1,4 +1,4 @@
-"""Evaluation sweeps over LIBERO suites on N worker processes: crash-proof, resumable, shardable.
+"""Evaluation sweeps over LIBERO or ManiSkill suites on N worker processes: crash-proof, resumable, shardable.
 
 Episodes are (suite, task, init state) triples. Each worker runs one episode at a time; every
 control step the runner gathers the workers that need a new action chunk, runs the policy once on
@@ -42,36 +42,86 @@ class Episode:
 
 @dataclass
 class Protocol:
-    """What makes numbers comparable. The defaults are the standard LIBERO protocol."""
+    """What makes numbers comparable. The defaults are the standard LIBERO protocol; ManiSkill uses the same
+    (its 50 indexed init states 0..49 by convention, its own per-task max steps)."""
 
-    episodes_per_task: int = 50  # the task's 50 fixed init states
+    episodes_per_task: int = 50  # the task's 50 fixed init states (ManiSkill: seeded resets 0..49)
     first_init_state: int = 0
-    settle_steps: int = 10  # no-op steps after reset (in LiberoEnv)
-    max_steps: int | None = None  # None = the suite's standard value (sim.libero.MAX_STEPS)
+    settle_steps: int = 10  # no-op steps after reset (in LiberoEnv; ManiSkill has none)
+    # None = the env's standard value: per LIBERO suite (sim.libero.MAX_STEPS), per ManiSkill task
+    # (sim.maniskill.TASKS[i].max_steps)
+    max_steps: int | None = None
     seed: int = 7
     replan_steps: int = 8
     image_size: int = 128
     videos_per_outcome: int = 2  # mp4s kept per task for successes and for failures (0 = none)
 
 
-def resolve_suites(spec: str, tasks: list[int] | None = None) -> dict[str, list[int]]:
-    """'libero_130' (all five suites, 130 tasks) or comma-separated suite names -> {suite: task ids}.
-    Suite and task lists are LIBERO's own (its benchmark registry), not typed here."""
-    from sim.libero import list_suites, list_tasks
+LIBERO_ALL = "libero_130"  # LIBERO's five suites, 130 tasks
+FULL_SWEEP = {"libero": LIBERO_ALL, "maniskill": "maniskill"}  # a simulator -> the --suite of all its tasks
 
-    names = list_suites() if spec == "libero_130" else [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [n for n in names if n not in list_suites()]
-    if unknown or not names:
-        raise ValueError(f"unknown suite(s) {unknown or spec!r}; valid: libero_130, {', '.join(list_suites())}")
-    out = {}
-    for name in names:
-        count = len(list_tasks(name))
-        chosen = list(range(count)) if tasks is None else tasks
-        bad = [t for t in chosen if not 0 <= t < count]
-        if bad:
-            raise ValueError(f"task ids {bad} out of range for {name} (0..{count - 1})")
-        out[name] = chosen
-    return out
+
+def suite_sims() -> dict[str, str]:
+    """Every suite a sweep can run -> its simulator. Suite names are unique across simulators, so a suite
+    names its simulator."""
+    from sim.libero import list_suites
+    from sim.maniskill import SUITE as MANISKILL_SUITE
+
+    return {**{s: "libero" for s in list_suites()}, MANISKILL_SUITE: "maniskill"}
+
+
+def sweep_sim(suites, sim_name: str | None = None) -> str:
+    """The one simulator that runs `suites` (suite names); `sim_name`, if given, must be that one."""
+    known = suite_sims()
+    unknown = [s for s in suites if s not in known]
+    if unknown:
+        raise ValueError(f"unknown suite(s) {unknown}; valid: {LIBERO_ALL}, {', '.join(known)}")
+    sims = sorted({known[s] for s in suites})
+    if len(sims) != 1:
+        raise ValueError(f"suites {list(suites)} belong to {' and '.join(sims) or 'no simulator'}; "
+                         "one sweep runs in one simulator")
+    if sim_name is not None and sim_name != sims[0]:
+        raise ValueError(f"suites {list(suites)} are {sims[0]} suites; they cannot run with sim_name={sim_name!r}")
+    return sims[0]
+
+
+def resolve_suites(spec: str, tasks: list[int | str] | None = None) -> dict[str, list[int]]:
+    """'libero_130' (all five LIBERO suites, 130 tasks), 'maniskill' (ManiSkill's task table) or comma-separated
+    suite names of one simulator -> {suite: task ids}. Suite and task lists are the simulators' own (LIBERO's
+    benchmark registry, sim.maniskill.TASKS), not typed here. `tasks` (ids, or names the simulator resolves)
+    apply to every suite; None = all of each suite's tasks."""
+    known = suite_sims()
+    return {name: _resolve_tasks(known[name], name, tasks) for name in suite_names(spec)}
+
+
+def suite_names(spec: str) -> list[str]:
+    """The suites of a --suite spec (without their tasks), checked to be known and of one simulator."""
+    known = suite_sims()
+    if spec == LIBERO_ALL:
+        names = [s for s, sim_name in known.items() if sim_name == "libero"]
+    else:
+        names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"unknown suite(s) {spec!r}; valid: {LIBERO_ALL}, {', '.join(known)}")
+    sweep_sim(names)
+    return names
+
+
+def _resolve_tasks(sim_name: str, suite: str, tasks: list[int | str] | None) -> list[int]:
+    if sim_name == "maniskill":
+        from sim.maniskill import TASKS, resolve_task
+
+        chosen = range(len(TASKS)) if tasks is None else tasks
+        return list(dict.fromkeys(resolve_task(suite, t) for t in chosen))
+    from sim.libero import list_tasks, resolve_task
+
+    count = len(list_tasks(suite))
+    if tasks is None:
+        return list(range(count))
+    bad = [t for t in tasks if not isinstance(t, str) and not 0 <= t < count]
+    if bad:
+        raise ValueError(f"task ids {bad} out of range for {suite} (0..{count - 1})")
+    return list(dict.fromkeys(resolve_task(suite, t) for t in tasks))
 
 
 def plan_episodes(suites: dict[str, list[int]], protocol: Protocol, shard: tuple[int, int] = (0, 1)) -> list[Episode]:
@@ -114,10 +164,12 @@ class _Slot:
 
 
 def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protocol = Protocol(), workers: int = 2,
-              shard: tuple[int, int] = (0, 1), sim_name: str = "libero", step_timeout_s: float = 120.0,
+              shard: tuple[int, int] = (0, 1), sim_name: str | None = None, step_timeout_s: float = 120.0,
               progress: bool = True, on_row: Callable[[dict], None] | None = None) -> dict:
     """Run (or finish) the sweep; returns counts. Results accumulate in out/episodes.jsonl; `on_row`, if
-    given, is called with each row (a plain dict) right after it is written (the Ray launcher streams them)."""
+    given, is called with each row (a plain dict) right after it is written (the Ray launcher streams them).
+    `sim_name`: the simulator the env workers build; None = the suites' own (a given one must match them)."""
+    sim_name = sweep_sim(suites, sim_name)
     out.mkdir(parents=True, exist_ok=True)
     _check_protocol(out, protocol, suites)
     done = read_results(out)
