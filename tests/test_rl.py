@@ -139,3 +139,49 @@ def test_update_raises_the_log_prob_of_the_advantaged_chunk(head, algo):
     assert logs["clip_frac"] == 0.0 and np.isfinite(logs["pg_loss"])
     if algo == "ppo":
         assert logs["value_loss"] > 0
+
+
+def _fixed_batch(policy: Policy, rows: int = 8):
+    """A rollout of `rows` one-decision episodes with alternating advantages, sampled by `policy`."""
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy(rng.integers(0, 255, (rows, 2, 32, 32, 3), dtype=np.uint8))
+    states = torch.from_numpy(rng.normal(size=(rows, 8)).astype(np.float32))
+    instructions = ["pick up the bowl"] * rows
+    _, sample, _ = policy.act_rl(images, states, instructions, torch.Generator().manual_seed(0))
+    episodes = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, 0), instructions[j],
+                               [Decision(images[j].numpy(), states[j].numpy(), {k: v[j] for k, v in sample.record.items()},
+                                         float(sample.log_prob[j]), 0.0, float(j % 2))]) for j in range(rows)]
+    return flatten(episodes, [np.array([1.0 if j % 2 else -1.0]) for j in range(rows)], [np.zeros(1)] * rows)
+
+
+@pytest.mark.parametrize("target_kl, stops", [(None, False), (1e-4, True)])
+def test_target_kl_ends_the_update_once_the_chunk_distribution_moved_that_far(target_kl, stops):
+    policy = _policy(HEADS["oft_tokens"], "grpo")
+    policy.cfg.rl.lr, policy.cfg.rl.epochs, policy.cfg.rl.minibatch_size = 3e-3, 4, 2
+    policy.cfg.rl.target_kl = target_kl
+    batch = _fixed_batch(policy)
+    logs = update(policy, batch, make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(0))
+    if stops:  # the first minibatch is on-policy (KL 0), so at least one step is taken before the stop
+        assert logs["kl_stopped"] == 1.0 and 1 <= logs["gradient_steps"] < 16
+        assert logs["chunk_kl_max"] > 1.5 * target_kl
+    else:
+        assert logs["kl_stopped"] == 0.0 and logs["gradient_steps"] == 16  # 4 epochs x 4 minibatches
+        assert logs["chunk_kl_max"] > 1.5 * 1e-4  # the same steps unchecked go that far and beyond
+
+
+def test_target_kl_is_measured_from_where_an_overlapped_update_starts():
+    """With rl.overlap the batch's log-probs are one update stale; the stop must not fire on that lag alone."""
+    policy = _policy(HEADS["oft_tokens"], "grpo")
+    policy.cfg.rl.lr, policy.cfg.rl.epochs, policy.cfg.rl.minibatch_size = 3e-3, 1, 2
+    batch = _fixed_batch(policy)
+    update(policy, batch, make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(0))
+    policy.cfg.rl.target_kl, policy.cfg.rl.lr = 1e-3, 1e-7  # stale batch, then a near-zero step
+    policy.cfg.rl.overlap = True
+    logs = update(policy, batch, make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(1))
+    assert logs["kl_stopped"] == 0.0 and logs["gradient_steps"] == 4
+    policy.cfg.rl.overlap = False  # measured against the stale sampling log-probs it would stop at once
+    logs = update(policy, batch, make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(1))
+    assert logs["kl_stopped"] == 1.0 and logs["gradient_steps"] == 0
+    with pytest.raises(ValueError, match="rl.target_kl must be > 0"):
+        policy.cfg.rl.target_kl = 0.0
+        update(policy, batch, make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(1))

@@ -161,6 +161,9 @@ class RLConfig:
     lr: float = 1e-5  # policy (actor) learning rate
     critic_lr: float = 3e-4
     max_grad_norm: float = 1.0
+    # trust region: end the update when a minibatch's chunk-level KL to the sampling policy exceeds
+    # 1.5x this (nats per chunk decision); null = no limit (clipping only)
+    target_kl: float | None = 0.05
     clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float | None = None  # None: 0.2 for PPO, 0.28 for GRPO (asymmetric "clip-higher")
     log_ratio: str = "per_dim"  # per_dim: chunk log-ratio / (chunk_size * action_dim) (GSPO-style) | chunk

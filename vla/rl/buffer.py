@@ -20,6 +20,7 @@ class DecisionBatch:
     advantages: torch.Tensor  # (N,)
     returns: torch.Tensor  # (N,) critic targets (PPO)
     weights: torch.Tensor  # (N,) each decision's share of the policy loss, mean 1
+    index: torch.Tensor | None = None  # (N,) rows of the full batch these decisions are (set by select)
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -30,6 +31,7 @@ class DecisionBatch:
             self.images[index], self.states[index], [self.instructions[i] for i in idx],
             {k: v[index] for k, v in self.records.items()}, self.old_log_prob[index], self.values[index],
             self.advantages[index], self.returns[index], self.weights[index],
+            index if self.index is None else self.index[index],
         )
 
     def minibatches(self, size: int, generator: torch.Generator):

@@ -8,6 +8,12 @@ log-ratio per_dim: a chunk's log-probability sums over chunk_size x action_dim t
 denoising steps for flow/diffusion), so the chunk ratio exp(sum) swings by orders of magnitude
 after one small step. Dividing the chunk log-ratio by the number of action dims (the
 length-normalized sequence ratio of GSPO) keeps ratios near 1 and clipping meaningful.
+
+Why a KL stop as well: per_dim clipping bounds the *geometric mean* of 56+ per-dimension ratios, so
+a step that stays inside it can still move the whole chunk's distribution a lot (a per-dim KL of
+1e-3 is ~0.06-0.6 nats per chunk), and Adam's step size does not shrink with the 1/56 loss scale.
+`rl.target_kl` measures the chunk-level KL of every minibatch against the sampling policy and ends
+the update once it exceeds 1.5x the target (the early stop of standard PPO implementations).
 """
 from __future__ import annotations
 
@@ -80,7 +86,15 @@ def update(policy, batch: DecisionBatch, optimizer: torch.optim.Optimizer, cfg: 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     logs: dict[str, list[float]] = {}
     policy.eval()  # no dropout: the log-prob being clipped must be the one that sampled
+    if cfg.target_kl is not None and cfg.target_kl <= 0:
+        raise ValueError(f"rl.target_kl must be > 0 (chunk-level nats) or null to disable, got {cfg.target_kl}")
+    steps, stopped = 0, False
+    # with rl.overlap the batch was sampled one update ago: measure how far this update moves the
+    # policy from where it starts, not from the (older) sampling policy
+    anchor = _score(policy, batch, cfg.minibatch_size) if cfg.overlap and cfg.target_kl is not None else None
     for _ in range(cfg.epochs):
+        if stopped:
+            break
         for mb in batch.minibatches(cfg.minibatch_size, generator):
             dev = policy.device
             prefix = policy.build_prefix(mb.images, mb.states, mb.instructions)
@@ -88,13 +102,22 @@ def update(policy, batch: DecisionBatch, optimizer: torch.optim.Optimizer, cfg: 
             loss = torch.zeros((), device=dev)
             if train_actor:
                 new_lp, entropy = policy.head.evaluate(prefix, records)
-                log_ratio = (new_lp - mb.old_log_prob.to(dev)) / scale
+                chunk_log_ratio = new_lp - mb.old_log_prob.to(dev)
+                with torch.no_grad():  # KL(old || new) of whole chunks, k3 estimator on the sampled chunks
+                    moved = chunk_log_ratio if anchor is None else new_lp - anchor[mb.index].to(dev)
+                    chunk_kl = float(((moved.exp() - 1) - moved).mean())
+                if train_actor and cfg.target_kl is not None and chunk_kl > 1.5 * cfg.target_kl:
+                    _add(logs, chunk_kl=torch.tensor(chunk_kl))
+                    stopped = True  # this minibatch is already too far from the sampling policy: no step
+                    break
+                log_ratio = chunk_log_ratio / scale
                 pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high, mb.weights.to(dev))
                 ent = entropy.mean() / scale
                 loss = loss + pg - cfg.entropy_coef * ent
                 with torch.no_grad():
                     approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
-                _add(logs, pg_loss=pg, clip_frac=clip_frac, entropy=ent, approx_kl=approx_kl)
+                _add(logs, pg_loss=pg, clip_frac=clip_frac, entropy=ent, approx_kl=approx_kl,
+                     chunk_kl=torch.tensor(chunk_kl))
                 if reference is not None and cfg.kl_coef > 0:
                     with torch.no_grad():
                         ref_prefix = reference.build_prefix(mb.images, mb.states, mb.instructions)
@@ -114,8 +137,23 @@ def update(policy, batch: DecisionBatch, optimizer: torch.optim.Optimizer, cfg: 
             if not torch.isfinite(grad_norm):
                 raise FloatingPointError("non-finite RL gradient; lower rl.lr or check the rewards")
             optimizer.step()
+            steps += 1
             _add(logs, grad_norm=grad_norm)
-    return {k: float(np.mean(v)) for k, v in logs.items()}
+    out = {k: float(np.mean(v)) for k, v in logs.items()}
+    if "chunk_kl" in logs:
+        out["chunk_kl_max"] = float(np.max(logs["chunk_kl"]))
+    return {**out, "gradient_steps": float(steps), "kl_stopped": float(stopped)}
+
+
+@torch.no_grad()
+def _score(policy, batch: DecisionBatch, size: int) -> torch.Tensor:
+    """The current policy's log-prob of every recorded decision, in batch order."""
+    out = []
+    for start in range(0, len(batch), size):
+        mb = batch.select(torch.arange(start, min(start + size, len(batch))))
+        prefix = policy.build_prefix(mb.images, mb.states, mb.instructions)
+        out.append(policy.head.evaluate(prefix, {k: v.to(policy.device) for k, v in mb.records.items()})[0].cpu())
+    return torch.cat(out)
 
 
 def _add(logs: dict[str, list[float]], **values: torch.Tensor) -> None:
