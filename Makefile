@@ -37,12 +37,13 @@ eval:
 
 ALGO ?= ppo
 rl:
-	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
+	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo|td3 CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
 	$(VLA) rl --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
 
 # The RL learning demonstration in the README: BC a diffusion policy (1,500 steps, as `make finetune`
-# does), then GRPO, evaluated before and after on the same 100 episodes (50 init states x 2 seeds).
-RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=8 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=1e-5 rl.epochs=1 "rl.eval_seeds=[7,8]"
+# does), then GRPO (chunk-level KL trust region rl.target_kl at its default), evaluated before and after on the
+# same 100 episodes (50 init states x 2 seeds).
+RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=10 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=2e-5 rl.epochs=2 "rl.eval_seeds=[7,8]"
 rl-demo:
 	$(VLA) train --policy diffusion --sim $(SIM) output_dir=runs/diffusion
 	$(VLA) rl --policy diffusion --sim $(SIM) --ckpt runs/diffusion/checkpoints/step_0001500 output_dir=runs/rl_demo_diffusion_grpo $(RL_DEMO_ARGS)

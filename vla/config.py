@@ -143,11 +143,27 @@ class EvalConfig:
 
 
 @dataclass
+class TD3Config:
+    """rl.algo=td3: off-policy residual RL (TD3, n-step returns) over cached frozen features."""
+
+    n_step: int = 3  # decisions summed before bootstrapping
+    replay_size: int = 100_000  # decisions kept
+    batch_size: int = 256
+    updates_per_iter: int = 200  # critic steps per iteration (actor: every policy_delay-th)
+    policy_delay: int = 2
+    tau: float = 0.005  # Polyak rate of the target networks
+    target_noise: float = 0.2  # target policy smoothing, residual units
+    noise_clip: float = 0.5
+    residual_l2: float = 0.01  # pull of the residual mean toward zero (the base stays the prior)
+    critic_width: int = 256
+
+
+@dataclass
 class RLConfig:
     """Online RL from a BC checkpoint (`vla rl`, `make rl`). Decisions are whole action chunks:
     the head's log-probability covers the chunk, so RL executes every action of it."""
 
-    algo: str = "ppo"  # ppo | grpo
+    algo: str = "ppo"  # ppo | grpo | td3 (off-policy, residual head over a frozen base only)
     iterations: int = 20  # rollout + update rounds
     workers: int = 2  # env worker processes
     tasks: list[int] = field(default_factory=list)  # task ids in demos.suite; empty = demos.tasks
@@ -180,6 +196,7 @@ class RLConfig:
     seed: int = 0
     torch_threads: int = 0  # 0 = the cores the env workers leave free (at least 1): oversubscribed torch crawls
     overlap: bool = False  # pipelined: the next rollout runs (on a copy of the weights) while this batch trains
+    td3: TD3Config = field(default_factory=TD3Config)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`vla rl` against real LIBERO workers with tiny random policies: PPO killed with SIGKILL after
 its first RL checkpoint and started again finishes every iteration exactly once, with the
 before/after evaluation, log, learning curve and a loadable checkpoint; GRPO over a frozen-base
-residual runs end to end too. (Learning itself is shown by the RL benchmark, not here.)"""
+residual runs end to end too, and off-policy TD3 on a residual resumes after SIGKILL with its replay buffer. (Learning itself is shown by the RL benchmark, not here.)"""
 import json
 import os
 import signal
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,31 @@ def test_grpo_on_a_frozen_base_residual_with_rollout_and_learning_overlapped(tmp
     assert policy.cfg.head.type == "residual" and policy.value_head is None
     for name, value in bc.backbone.state_dict().items():  # the base stayed frozen
         assert torch.equal(value, policy.backbone.state_dict()[name])
+
+
+def test_td3_residual_killed_and_resumed_keeps_its_replay_buffer(tmp_path):
+    """Off-policy residual RL: the replay buffer, critics and targets survive a SIGKILL with the policy."""
+    base = _checkpoint(tmp_path / "bc" / "ckpt", {"type": "oft"})
+    out = tmp_path / "rl"
+    cmd = _rl(base, out, "rl.algo=td3", "rl.iterations=2", "rl.episodes_per_iter=2", "rl.lr=1e-3",
+              "rl.td3.updates_per_iter=20", "rl.td3.batch_size=8", policy="residual")
+    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while not (out / "checkpoints" / "LATEST").exists():
+        assert proc.poll() is None, "RL exited before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    # 2 episodes x 16 steps / chunks of 4 = 8 decisions per iteration; the resumed run kept iteration 1's
+    assert [r["decisions"] for r in rows] == [8, 8] and [r["replay_size"] for r in rows] == [8.0, 16.0]
+    assert all(np.isfinite(r["critic_loss"]) and "actor_loss" in r for r in rows)
+    policy = load_policy(out / "checkpoints" / "step_0000002")
+    assert policy.cfg.rl.algo == "td3" and float(policy.head.mean_net[-1].weight.detach().abs().sum()) > 0  # the actor moved
+    bc = load_policy(base)
+    for name, value in bc.head.state_dict().items():  # the base head stayed frozen
+        assert torch.equal(value, policy.head.base.state_dict()[name])

@@ -23,9 +23,10 @@ from vla.rl import grpo, ppo
 from vla.rl.buffer import DecisionBatch, flatten
 from vla.rl.objective import explained_variance, make_optimizer, reference_copy, update
 from vla.rl.rollout import EnvPool, PlannedEpisode, apply_step_penalty
+from vla.rl.td3 import ResidualTD3
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
 
-ALGOS = {"ppo": ppo, "grpo": grpo}
+ALGOS = {"ppo": ppo, "grpo": grpo, "td3": None}  # td3: off-policy, its own learner (vla.rl.td3)
 # parameters a BC checkpoint may lack: a fresh critic, Flow-Noise's learned std, a residual's own net
 FRESH = ("value_head.", "head.noise_std.", "head.mean_net.", "head.log_std")
 
@@ -83,6 +84,11 @@ def _check(cfg: ExperimentConfig) -> None:
     if rl.algo == "grpo" and (rl.group_size < 2 or rl.episodes_per_iter % rl.group_size):
         raise ConfigError(f"GRPO needs rl.group_size >= 2 dividing rl.episodes_per_iter, got "
                           f"{rl.group_size} and {rl.episodes_per_iter}")
+    if rl.algo == "td3" and cfg.head.type != "residual":
+        raise ConfigError(f"rl.algo=td3 is off-policy residual RL: it needs POLICY=residual over a frozen base "
+                          f"checkpoint, this policy's head is {cfg.head.type}")
+    if rl.algo == "td3" and rl.overlap:
+        raise ConfigError("rl.overlap pipelines on-policy updates; td3 already reuses old data (set rl.overlap=false)")
 
 
 def evaluate(policy, cfg: ExperimentConfig, tasks: list[tuple[str, int]], out: Path) -> dict:
@@ -117,8 +123,9 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     tasks = [(cfg.demos.suite, t) for t in (rl.tasks or cfg.demos.tasks)]
     init_states = rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
     reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
-    optimizer = make_optimizer(policy, rl)
-    state = _resume(out / "checkpoints", policy, optimizer)
+    offpolicy = ResidualTD3(policy, rl) if rl.algo == "td3" else None
+    optimizer = make_optimizer(policy, rl) if offpolicy is None else None
+    state = _resume(out / "checkpoints", policy, optimizer, offpolicy)
     algo = ALGOS[rl.algo]
     print(f"[rl] {rl.algo} on {tasks}, {len(init_states)} init states, head {cfg.head.type} "
           f"({policy.head.rl_quantity}); starting at iteration {state['iteration']}", flush=True)
@@ -151,11 +158,11 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
               flush=True)
         if actor is not policy:
             actor.load_state_dict(policy.state_dict())
-        _save(out / "checkpoints", policy, optimizer, state)
+        _save(out / "checkpoints", policy, optimizer, state, offpolicy)
         _write_log(out / "rl_log.jsonl", state["history"])
         if rl.eval_every and row["iteration"] % rl.eval_every == 0 and row["iteration"] < rl.iterations:
             maybe_eval(row["iteration"])
-            _save(out / "checkpoints", policy, optimizer, state)
+            _save(out / "checkpoints", policy, optimizer, state, offpolicy)
 
     pending: tuple[dict, float, Future | None] | None = None
     try:
@@ -177,6 +184,9 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
             if batch is None:
                 finish(row, tic, None)
                 continue
+            if offpolicy is not None:  # batch = the iteration's whole episodes, into the replay buffer
+                finish(row, tic, _completed(_timed_td3(offpolicy, batch, generator, row["iteration"] > rl.critic_warmup)))
+                continue
             warmup = rl.algo == "ppo" and row["iteration"] <= rl.critic_warmup
             step = partial(_timed_update, policy, batch, optimizer, rl, generator, train_actor=not warmup,
                            train_critic=rl.algo == "ppo", reference=reference)
@@ -189,7 +199,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
             learner.shutdown(wait=True)
         pool.close()
     maybe_eval(state["iteration"])
-    final = _save(out / "checkpoints", policy, optimizer, state)
+    final = _save(out / "checkpoints", policy, optimizer, state, offpolicy)
     from vla.rl.report import write_rl_report
 
     return write_rl_report(out, state, cfg, final)
@@ -202,7 +212,7 @@ def _rollout(actor, pool: EnvPool, cfg: ExperimentConfig, algo, plan: list[Plann
     actor.eval()
     episodes, stats = pool.collect(actor, plan, generator)
     apply_step_penalty(episodes, rl.step_penalty)
-    kept, advs, rets, extra = algo.advantages(episodes, rl)
+    kept, advs, rets, extra = algo.advantages(episodes, rl) if algo is not None else (episodes, [], [], {})
     row = {"iteration": it, "episodes": len(episodes),
            "success_rate": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
            "return": float(np.mean([e.ret for e in episodes])) if episodes else 0.0,
@@ -212,6 +222,8 @@ def _rollout(actor, pool: EnvPool, cfg: ExperimentConfig, algo, plan: list[Plann
            "restarts": stats.restarts, "dropped": stats.dropped, **extra}
     if not kept:
         return row, None
+    if algo is None:  # off-policy: the learner stores whole episodes
+        return row, kept
     batch = flatten(kept, advs, rets, per_episode=rl.algo == "grpo")
     if rl.algo == "ppo":
         row["explained_variance"] = explained_variance(batch.values, batch.returns)
@@ -222,6 +234,13 @@ def _timed_update(policy, batch, optimizer, rl, generator, **kwargs) -> dict:
     tic = time.perf_counter()
     logs = update(policy, batch, optimizer, rl, generator, **kwargs)
     return {**logs, "decisions": len(batch), "update_s": round(time.perf_counter() - tic, 1)}
+
+
+def _timed_td3(learner: ResidualTD3, episodes, generator: torch.Generator, train_actor: bool) -> dict:
+    tic = time.perf_counter()
+    decisions = learner.add(episodes)
+    logs = learner.train(generator, train_actor=train_actor)
+    return {**logs, "decisions": decisions, "update_s": round(time.perf_counter() - tic, 1)}
 
 
 def _completed(value: dict) -> Future:
@@ -245,13 +264,18 @@ def _write_log(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _save(root: Path, policy, optimizer, state: dict) -> Path:
-    tensors, opt_meta = optimizer_to_tensors(optimizer)
+def _save(root: Path, policy, optimizer, state: dict, offpolicy: ResidualTD3 | None = None) -> Path:
+    if offpolicy is not None:  # critics, targets, their optimizers and the replay buffer
+        tensors, td3_meta = offpolicy.state()
+        meta = {"td3": td3_meta}
+    else:
+        tensors, opt_meta = optimizer_to_tensors(optimizer)
+        meta = {"optimizer": opt_meta}
     tensors["rng/torch"] = torch.get_rng_state()
-    return save_training_checkpoint(root, state["iteration"], policy, tensors, {**state, "optimizer": opt_meta}, keep_last=2)
+    return save_training_checkpoint(root, state["iteration"], policy, tensors, {**state, **meta}, keep_last=2)
 
 
-def _resume(root: Path, policy, optimizer) -> dict:
+def _resume(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None) -> dict:
     state = {"iteration": 0, "history": [], "evals": {}}
     last = latest_checkpoint(root)
     if last is None:
@@ -262,7 +286,10 @@ def _resume(root: Path, policy, optimizer) -> dict:
     if missing or unexpected:
         raise ConfigError(f"cannot resume RL from {last}: weights do not match ({missing[:3]}, {unexpected[:3]})")
     tensors, saved = load_training_state(last)
-    optimizer_from_tensors(optimizer, tensors, saved.pop("optimizer"))
+    if offpolicy is not None:
+        offpolicy.load_state(tensors, saved.pop("td3"))
+    else:
+        optimizer_from_tensors(optimizer, tensors, saved.pop("optimizer"))
     torch.set_rng_state(tensors["rng/torch"])
     print(f"[rl] resumed from {last}", flush=True)
     return {**state, **saved}
