@@ -50,3 +50,27 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for (n, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         if a.grad is not None:
             assert torch.allclose(a.grad, b.grad, atol=1e-5), n
+
+
+def test_rl_adds_fresh_lora_adapters_to_a_checkpoint_trained_without_them(tmp_path):
+    """LoRA RL for large backbones: `backbone.lora_rank=N` at RL time over a fully fine-tuned checkpoint."""
+    import numpy as np
+
+    from vla.checkpoint import save_policy
+    from vla.random_policy import random_policy
+    from vla.rl.trainer import prepare_policy
+
+    bc = random_policy({"backbone": {"image_size": 32}, "head": {"type": "oft", "oft_output": "tokens", "chunk_size": 2}})
+    save_policy(bc, tmp_path / "ckpt")
+    policy = prepare_policy(tmp_path / "ckpt", None, ["rl.algo=grpo", "backbone.lora_rank=4"])
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in trainable)
+    assert all("lora_" in n for n in trainable if n.startswith("backbone."))
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 255, (2, 2, 32, 32, 3), dtype=np.uint8))
+    states = torch.zeros(2, 8)
+    same = [p.act(images, states, ["pick up the bowl"] * 2) for p in (bc, policy)]
+    np.testing.assert_allclose(same[0], same[1], atol=1e-5)  # zero-initialised B: the trained policy, unchanged
+    save_policy(policy, tmp_path / "rl_ckpt")  # an RL checkpoint with the new adapters loads like any LoRA one
+    np.testing.assert_allclose(load_policy(tmp_path / "rl_ckpt").act(images, states, ["pick up the bowl"] * 2), same[1],
+                               atol=1e-5)

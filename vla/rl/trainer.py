@@ -52,8 +52,15 @@ def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str]) -
         policy = Policy(cfg, base.normalizer, base.state_dim)
         from vla.train.lora import apply_lora
 
-        apply_lora(policy, cfg.backbone)
+        # backbone.lora_rank=N over a checkpoint trained without LoRA: the trained weights load first, then
+        # fresh adapters wrap them (LoRA B starts at zero, so the policy starts exactly as trained) and the
+        # rest of the backbone freezes: LoRA RL for backbones too large to fine-tune whole
+        fresh_lora = cfg.backbone.lora_rank > 0 and base.cfg.backbone.lora_rank == 0
+        if not fresh_lora:
+            apply_lora(policy, cfg.backbone)
         missing, unexpected = policy.load_state_dict(base.state_dict(), strict=False)
+        if fresh_lora:
+            apply_lora(policy, cfg.backbone)
         missing = [k for k in missing if not k.startswith(FRESH)]
         if missing or unexpected:
             raise ConfigError(f"overrides change the trained policy's structure: missing {missing[:4]}, "
