@@ -84,9 +84,14 @@ def _run(args) -> int:
     if args.cmd == "sweep":
         return _sweep(args)
     if args.cmd == "rl":
+        from vla.rl.ray_rollout import RayRolloutError
         from vla.rl.trainer import train_rl
 
-        summary = train_rl(args.ckpt, args.policy, [f"sim={args.sim}", *args.overrides])
+        try:
+            summary = train_rl(args.ckpt, args.policy, [f"sim={args.sim}", *args.overrides])
+        except RayRolloutError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(json.dumps({k: summary[k] for k in ("before", "after", "rl_seconds", "checkpoint")}, indent=2))
         return 0
     if args.cmd == "serve":

@@ -146,13 +146,14 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
             print(f"[rl] eval @ iteration {it}: {e['successes']}/{e['episodes']} = {e['success_rate']:.1%} "
                   f"(95% CI {e['ci95'][0]:.1%}-{e['ci95'][1]:.1%}), {e['seconds']} s", flush=True)
 
+    pool = _pool(policy, cfg) if rl.ray else None  # a missing Ray cluster fails before the long evaluation
     maybe_eval(0)
     # overlap: the rollout acts with a snapshot of the weights while the learner thread updates the
     # policy on the previous batch (one iteration off-policy: the ratio is taken against the log-prob
     # of the policy that sampled, so clipping bounds the gap); the snapshot follows every update
     actor = _snapshot(policy) if rl.overlap else policy
     learner = ThreadPoolExecutor(1, thread_name_prefix="rl-learner") if rl.overlap else None
-    pool = EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed)
+    pool = pool or _pool(policy, cfg)
 
     def finish(row: dict, started: float, job: Future | None) -> None:
         """Log, checkpoint and (maybe) evaluate one iteration once its update is done."""
@@ -212,7 +213,20 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     return write_rl_report(out, state, cfg, final)
 
 
-def _rollout(actor, pool: EnvPool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode],
+def _pool(policy, cfg: ExperimentConfig):
+    """Local env workers, or rollout actors on a Ray cluster (rl.ray)."""
+    rl = cfg.rl
+    if not rl.ray:
+        return EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed)
+    if rl.ray_actors < 0:
+        raise ConfigError(f"rl.ray_actors must be >= 0 (0 = one per node), got {rl.ray_actors}")
+    from vla.rl.ray_rollout import RayEnvPool
+
+    return RayEnvPool(policy, rl.ray, rl.ray_actors, rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps,
+                      cfg.eval.seed, torch_threads=1)
+
+
+def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode],
              generator: torch.Generator, it: int) -> tuple[dict, DecisionBatch | None]:
     """One iteration's episodes -> its log row and the batch to learn from (None: nothing kept)."""
     rl = cfg.rl
