@@ -16,17 +16,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.libero]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-    import ray  # here, not at import: `pytest -m "not integration"` collects this file without the ray extra
-
-    info = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False)
-    try:
-        yield info.address_info["gcs_address"]
-    finally:
-        ray.shutdown()
-
-
 def test_grpo_rollouts_on_two_ray_actors_feed_the_local_learner(ray_address, tmp_path):
     ckpt = tmp_path / "bc" / "ckpt"
     save_policy(random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 4, "oft_output": "tokens"},

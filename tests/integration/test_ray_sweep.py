@@ -20,17 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def ray_address():
-    import ray  # here, not at import: `pytest -m "not integration"` collects this file without the ray extra
-
-    info = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False)
-    try:
-        yield info.address_info["gcs_address"]
-    finally:
-        ray.shutdown()  # stops the cluster this process started
-
-
-@pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ray_sweep") / "ckpt"
     save_policy(random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 4},

@@ -37,10 +37,8 @@ def _rl(ckpt: Path, out: Path, *args: str, policy: str = "pi0") -> list[str]:
             *SMALL, *args]
 
 
-def test_ppo_killed_and_resumed_runs_every_iteration_once(tmp_path):
-    ckpt = _checkpoint(tmp_path / "bc" / "ckpt", {"type": "flow", "flow": {"steps": 3}})
-    out = tmp_path / "rl"
-    cmd = _rl(ckpt, out, "rl.algo=ppo", "rl.iterations=3", "rl.episodes_per_iter=4", "rl.critic_warmup=1")
+def _kill_after_first_checkpoint(cmd: list[str], out: Path) -> None:
+    """Start `vla rl` and SIGKILL it as soon as its first RL checkpoint exists."""
     proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
     while not (out / "checkpoints" / "LATEST").exists():
@@ -49,6 +47,13 @@ def test_ppo_killed_and_resumed_runs_every_iteration_once(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
+
+
+def test_ppo_killed_and_resumed_runs_every_iteration_once(tmp_path):
+    ckpt = _checkpoint(tmp_path / "bc" / "ckpt", {"type": "flow", "flow": {"steps": 3}})
+    out = tmp_path / "rl"
+    cmd = _rl(ckpt, out, "rl.algo=ppo", "rl.iterations=3", "rl.episodes_per_iter=4", "rl.critic_warmup=1")
+    _kill_after_first_checkpoint(cmd, out)
     assert (out / "checkpoints" / "LATEST").read_text().strip() != "step_0000003"
 
     done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -88,14 +93,7 @@ def test_td3_residual_killed_and_resumed_keeps_its_replay_buffer(tmp_path):
     out = tmp_path / "rl"
     cmd = _rl(base, out, "rl.algo=td3", "rl.iterations=2", "rl.episodes_per_iter=2", "rl.lr=1e-3",
               "rl.td3.updates_per_iter=20", "rl.td3.batch_size=8", policy="residual")
-    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 400
-    while not (out / "checkpoints" / "LATEST").exists():
-        assert proc.poll() is None, "RL exited before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after_first_checkpoint(cmd, out)
     done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
