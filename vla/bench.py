@@ -88,6 +88,25 @@ def bench_workers(steps: int, counts: tuple[int, ...] = (1, 2)) -> list[dict]:
     return rows
 
 
+def bench_sweep(episodes: int, max_steps: int, workers: int = 2) -> list[dict]:
+    """A real sweep (tiny random OFT policy, libero_spatial tasks 0-1, `workers` env processes): where its
+    wall time goes, and what the sweep itself costs beyond env construction/reset, simulation and policy."""
+    import tempfile
+
+    from vla.eval.sweep import Protocol, run_sweep
+    from vla.random_policy import random_policy
+
+    policy = random_policy({"backbone": {"image_size": 64}})
+    protocol = Protocol(episodes_per_task=episodes, max_steps=max_steps, videos_per_outcome=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tic = time.perf_counter()
+        stats = run_sweep(policy, {"libero_spatial": [0, 1]}, Path(tmp) / "sweep", protocol, workers, progress=False)
+        wall = time.perf_counter() - tic
+    return [{"what": f"sweep: 2 tasks x {episodes} episodes x {max_steps} steps, {workers} workers", "wall_s": wall,
+             "reset_s": stats["reset_seconds"], "sim_s": stats["sim_seconds"], "policy_s": stats["policy_seconds"],
+             "sweep_overhead_s": stats["overhead_seconds"], "overhead_pct": 100 * stats["overhead_seconds"] / wall}]
+
+
 def bench_server(repeats: int) -> list[dict]:
     """Policy server round trip on loopback vs the same inference called directly: two 224x224
     cameras, the tiny OFT policy. The server is its own process (`vla serve`), as in deployment;
@@ -209,6 +228,7 @@ def run_all(out: Path, quick: bool = False) -> dict:
                     "cuda": torch.cuda.is_available()},
         "env_steps": bench_env_steps(20 if quick else 200),
         "workers": bench_workers(20 if quick else 200, tuple(sorted({1, 2, os.cpu_count() or 2}))),
+        "sweep": bench_sweep(1 if quick else 3, 24 if quick else 96),
         "heads": bench_heads(2 if quick else 20),
         "server": bench_server(5 if quick else 50),
         "control_loop": _control_loop(45 if quick else 300),
@@ -221,6 +241,8 @@ def run_all(out: Path, quick: bool = False) -> dict:
           "## Env steps/s (one process)", "", _table(results["env_steps"]), "",
           "## Sweep workers: env steps/s through worker processes (lockstep, shared memory)", "",
           _table(results["workers"]), "",
+          "## Sweep: wall time split, and the sweep's own overhead beyond reset + simulation + policy", "",
+          _table(results["sweep"]), "",
           "## Action heads: latency per chunk, actions/s, cost in full forward passes (batch 1, CPU, 2 threads)", "", _table(results["heads"]), "",
           "## Policy server round trip (loopback)", "", _table(results["server"]), "",
           "## Deployment control loop: period jitter against the MuJoCo stand-in", "", _table(results["control_loop"]), "",
