@@ -217,40 +217,42 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_all(out: Path, quick: bool = False) -> dict:
+def run_all(out: Path, quick: bool = False, only: list[str] | None = None) -> dict:
+    """Every section (or those named in `only`) -> out/results.md and results.json."""
     from vla.bench_maniskill import bench_maniskill
     from vla.rl.bench import bench_rl
 
     torch.set_num_threads(2)
     out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                    "cuda": torch.cuda.is_available()},
-        "env_steps": bench_env_steps(20 if quick else 200),
-        "workers": bench_workers(20 if quick else 200, tuple(sorted({1, 2, os.cpu_count() or 2}))),
-        "sweep": bench_sweep(1 if quick else 3, 24 if quick else 96),
-        "heads": bench_heads(2 if quick else 20),
-        "server": bench_server(5 if quick else 50),
-        "control_loop": _control_loop(45 if quick else 300),
+    sections = {  # name -> (title, measurement)
+        "env_steps": ("Env steps/s (one process)", lambda: bench_env_steps(20 if quick else 200)),
+        "workers": ("Sweep workers: env steps/s through worker processes (lockstep, shared memory)",
+                    lambda: bench_workers(20 if quick else 200, tuple(sorted({1, 2, os.cpu_count() or 2})))),
+        "sweep": ("Sweep: wall time split, and the sweep's own overhead beyond reset + simulation + policy",
+                  lambda: bench_sweep(1 if quick else 3, 24 if quick else 96)),
+        "heads": ("Action heads: latency per chunk, actions/s, cost in full forward passes (batch 1, CPU, 2 threads)",
+                  lambda: bench_heads(2 if quick else 20)),
+        "server": ("Policy server round trip (loopback)", lambda: bench_server(5 if quick else 50)),
+        "control_loop": ("Deployment control loop: period jitter against the MuJoCo stand-in",
+                         lambda: _control_loop(45 if quick else 300)),
         # the same comparison where compute dominates: 2 x 196 image tokens, width 512, 8 layers
-        "heads_small": bench_heads(1 if quick else 5, "small_paligemma", 224),
-        "rl": bench_rl(4 if quick else 8, 32 if quick else 64),
-        "maniskill": bench_maniskill(20 if quick else 100),
+        "heads_small": ("Action heads on small_paligemma (random weights, ~28M, 224 px): compute-bound",
+                        lambda: bench_heads(1 if quick else 5, "small_paligemma", 224)),
+        "rl": ("RL throughput (env frames/s, LIBERO, 2 workers)", lambda: bench_rl(4 if quick else 8, 32 if quick else 64)),
+        "maniskill": ("ManiSkill3 env frames/s (PickCube-v1; CPU always, GPU-parallel when CUDA is present)",
+                      lambda: bench_maniskill(20 if quick else 100)),
     }
-    md = ["# Benchmark results", "", f"Machine: {results['machine']}", "",
-          "## Env steps/s (one process)", "", _table(results["env_steps"]), "",
-          "## Sweep workers: env steps/s through worker processes (lockstep, shared memory)", "",
-          _table(results["workers"]), "",
-          "## Sweep: wall time split, and the sweep's own overhead beyond reset + simulation + policy", "",
-          _table(results["sweep"]), "",
-          "## Action heads: latency per chunk, actions/s, cost in full forward passes (batch 1, CPU, 2 threads)", "", _table(results["heads"]), "",
-          "## Policy server round trip (loopback)", "", _table(results["server"]), "",
-          "## Deployment control loop: period jitter against the MuJoCo stand-in", "", _table(results["control_loop"]), "",
-          "## Action heads on small_paligemma (random weights, ~28M, 224 px): compute-bound", "",
-          _table(results["heads_small"]), "",
-          "## RL throughput (env frames/s, LIBERO, 2 workers)", "", _table(results["rl"]), "",
-          "## ManiSkill3 env frames/s (PickCube-v1; CPU always, GPU-parallel when CUDA is present)", "",
-          _table(results["maniskill"]), ""]
+    unknown = sorted(set(only or []) - set(sections))
+    if unknown:
+        raise ValueError(f"unknown bench section(s) {unknown}; valid: {', '.join(sections)}")
+    results = {"machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                           "cuda": torch.cuda.is_available()}}
+    md = ["# Benchmark results", "", f"Machine: {results['machine']}", ""]
+    for name, (title, measure) in sections.items():
+        if only and name not in only:
+            continue
+        results[name] = measure()
+        md += [f"## {title}", "", _table(results[name]), ""]
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print("\n".join(md))

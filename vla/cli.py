@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="benchmarks; writes a results table")
     bench.add_argument("--out", default="bench_results")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
+    bench.add_argument("--only", default=None, help="comma-separated sections (e.g. sweep,server); default: all")
     args = parser.parse_args(argv)
 
     from vla.config import ConfigError
@@ -114,7 +115,7 @@ def _run(args) -> int:
     if args.cmd == "bench":
         from vla.bench import run_all
 
-        run_all(Path(args.out), quick=args.quick)
+        run_all(Path(args.out), quick=args.quick, only=args.only.split(",") if args.only else None)
         return 0
     cfg = experiment.resolve_config(args.policy, args.sim, args.config, args.overrides)
     if args.cmd == "config":
