@@ -118,6 +118,8 @@ def _serve(conn, shm_name: str, image_size: int) -> None:
                     env_spec = spec
                 record = bool(msg.get("record", False))
                 frames.clear()
+                # a per-reset seed re-draws the scene's randomness without rebuilding the env (seconds)
+                env.seed = int(msg["seed"]) if msg.get("seed") is not None else spec.seed
                 publish(env.reset(msg["init_state"]))
                 steps = 0
                 reply = {"ok": True, "instruction": env.instruction, "max_steps": env.max_steps}
@@ -185,8 +187,10 @@ class EnvWorker:
             raise EnvError(f"env error in worker {self.pid}: {reply['error']}")
         return reply
 
-    def reset(self, spec: EnvSpec, init_state: int, record: bool = False) -> dict:
-        self.send({"cmd": "reset", "spec": asdict(spec), "init_state": init_state, "record": record})
+    def reset(self, spec: EnvSpec, init_state: int, record: bool = False, seed: int | None = None) -> dict:
+        """Reset to `init_state` (building the env if `spec` changed); `seed` overrides spec.seed for this
+        reset only (LIBERO's fixture placement, ManiSkill's episode seed)."""
+        self.send({"cmd": "reset", "spec": asdict(spec), "init_state": init_state, "record": record, "seed": seed})
         return self.receive(max(self.timeout_s, 300.0))  # building a LIBERO env takes a while
 
     def observation(self) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ def test_episodes_round_trip_through_json_and_safetensors_bytes():
         return Decision(rng.integers(0, 255, (2, 8, 8, 3), dtype=np.uint8), rng.normal(size=8).astype(np.float32),
                         {"bins": torch.randint(0, 256, (14,)), "chain": torch.randn(3, 2, 7)}, -3.5, 0.25, reward)
 
-    episodes = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 4, 1), "put the bowl on the plate",
+    episodes = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 4, 1, 12345), "put the bowl on the plate",
                                [decision(0.0), decision(1.0)], success=True, steps=11),
                 EpisodeRollout(PlannedEpisode("libero_spatial", 0, 4, 1), "put the bowl on the plate", [], steps=0)]
     meta, payload = encode_episodes(episodes)

@@ -76,7 +76,10 @@ def test_grpo_plans_groups_of_one_init_state():
     assert len(plan) == 12
     for g in range(3):
         members = plan[4 * g:4 * g + 4]
-        assert len({(p.task, p.init_state, p.group) for p in members}) == 1
+        assert len({(p.task, p.init_state, p.group, p.seed) for p in members}) == 1  # one scene per group
+    assert len({p.seed for p in plan}) == 3  # fresh reset seeds: RL sees the fixture variety eval does
+    fixed = grpo.plan_groups([("libero_spatial", 0)], [0], 3, 2, np.random.default_rng(0), seeds=[7, 8])
+    assert {p.seed for p in fixed} <= {7, 8}
 
 
 def test_clip_ranges_and_surrogate():

@@ -168,6 +168,9 @@ class RLConfig:
     workers: int = 2  # env worker processes
     tasks: list[int] = field(default_factory=list)  # task ids in demos.suite; empty = demos.tasks
     init_states: list[int] = field(default_factory=list)  # init states rolled out in RL; empty = all 50
+    # reset seeds of RL rollouts (LIBERO re-draws fixture placements per reset from it); empty = a fresh seed per
+    # episode (per group in GRPO), so RL sees the scene variety evaluation does, not one placement per init state
+    rollout_seeds: list[int] = field(default_factory=list)
     episodes_per_iter: int = 16  # GRPO: a multiple of group_size
     group_size: int = 4  # GRPO: episodes from the same (task, init state)
     max_steps: int | None = None  # None = the suite's standard value

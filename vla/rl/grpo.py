@@ -15,13 +15,15 @@ from vla.rl.rollout import EpisodeRollout, PlannedEpisode
 
 
 def plan_groups(tasks: list[tuple[str, int]], init_states: list[int], groups: int, group_size: int,
-                rng: np.random.Generator) -> list[PlannedEpisode]:
-    """`groups` (task, init state) draws, each repeated group_size times."""
+                rng: np.random.Generator, seeds: list[int] | None = None) -> list[PlannedEpisode]:
+    """`groups` (task, init state, reset seed) draws, each repeated group_size times: a group's members
+    start from the very same scene. seeds: the reset seeds to draw from; None = a fresh one per group."""
     plan = []
     for g in range(groups):
         suite, task = tasks[rng.integers(len(tasks))]
         init = int(init_states[rng.integers(len(init_states))])
-        plan += [PlannedEpisode(suite, task, init, g)] * group_size
+        seed = int(seeds[rng.integers(len(seeds))]) if seeds else int(rng.integers(2**31 - 1))
+        plan += [PlannedEpisode(suite, task, init, g, seed)] * group_size
     return plan
 
 

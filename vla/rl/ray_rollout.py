@@ -61,7 +61,7 @@ def encode_episodes(episodes: list[EpisodeRollout]) -> tuple[str, bytes]:
     """(JSON of everything but arrays, safetensors bytes of the decisions' arrays stacked in order)."""
     meta, decisions = [], [d for e in episodes for d in e.decisions]
     for e in episodes:
-        meta.append({"plan": [e.plan.suite, e.plan.task, e.plan.init_state, e.plan.group], "instruction": e.instruction,
+        meta.append({"plan": _plan_row(e.plan), "instruction": e.instruction,
                      "success": e.success, "steps": e.steps,
                      "decisions": [[d.log_prob, d.value, d.reward] for d in e.decisions]})
     tensors: dict[str, torch.Tensor] = {}
@@ -79,8 +79,7 @@ def decode_episodes(meta_json: str, payload: bytes) -> list[EpisodeRollout]:
     records = {k[len("record/"):]: v for k, v in tensors.items() if k.startswith("record/")}
     out, row = [], 0
     for m in meta:
-        suite, task, init, group = m["plan"]
-        episode = EpisodeRollout(PlannedEpisode(suite, int(task), int(init), int(group)), m["instruction"],
+        episode = EpisodeRollout(_planned(m["plan"]), m["instruction"],
                                  success=bool(m["success"]), steps=int(m["steps"]))
         for log_prob, value, reward in m["decisions"]:
             episode.decisions.append(Decision(tensors["images"][row].numpy(), tensors["states"][row].numpy(),
@@ -91,8 +90,13 @@ def decode_episodes(meta_json: str, payload: bytes) -> list[EpisodeRollout]:
     return out
 
 
-def _plan_dicts(plan: list[PlannedEpisode]) -> list[list]:
-    return [[p.suite, p.task, p.init_state, p.group] for p in plan]
+def _plan_row(p: PlannedEpisode) -> list:
+    return [p.suite, p.task, p.init_state, p.group, p.seed]
+
+
+def _planned(row: list) -> PlannedEpisode:
+    suite, task, init, group, seed = row
+    return PlannedEpisode(suite, int(task), int(init), int(group), None if seed is None else int(seed))
 
 
 # -- the actor (runs on a cluster node) ----------------------------------------------------------------
@@ -112,7 +116,7 @@ class RolloutActor:
 
     def collect(self, weights: bytes, plan: list[list], seed: int) -> dict:
         load_weights(self.policy, weights)
-        planned = [PlannedEpisode(s, int(t), int(i), int(g)) for s, t, i, g in plan]
+        planned = [_planned(row) for row in plan]
         episodes, stats = self.pool.collect(self.policy, planned, torch.Generator().manual_seed(seed))
         meta, payload = encode_episodes(episodes)
         import socket
@@ -158,7 +162,7 @@ class RayEnvPool:
         shares = {a: idx for a, idx in shares.items() if idx}
 
         def submit(a: int):
-            return self.actors[a].collect.remote(weights, _plan_dicts([plan[i] for i in shares[a]]),
+            return self.actors[a].collect.remote(weights, [_plan_row(plan[i]) for i in shares[a]],
                                                  base_seed * 1_000_003 + a)
 
         pending = {submit(a): a for a in shares}

@@ -27,6 +27,8 @@ class PlannedEpisode:
     task: int
     init_state: int
     group: int  # GRPO: episodes with the same group share an init state; PPO: the episode's index
+    # the reset seed (LIBERO: fixture placement and other per-reset randomness); None = the pool's seed
+    seed: int | None = None
 
 
 @dataclass
@@ -146,7 +148,7 @@ class EnvPool:
 
     def _start(self, slot: _Slot, planned: PlannedEpisode) -> None:
         spec = EnvSpec(self.sim, planned.suite, planned.task, self.image_size, self.max_steps, self.seed)
-        reply = slot.worker.reset(spec, planned.init_state)
+        reply = slot.worker.reset(spec, planned.init_state, seed=planned.seed)  # same env, this episode's seed
         slot.episode = EpisodeRollout(planned, reply["instruction"])
         slot.max_steps = int(reply["max_steps"])
         slot.queue.clear()

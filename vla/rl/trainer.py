@@ -76,11 +76,14 @@ def _plan(cfg: ExperimentConfig, tasks: list[tuple[str, int]], init_states: list
     rl = cfg.rl
     rng = np.random.default_rng([rl.seed, it])
     if rl.algo == "grpo":
-        return grpo.plan_groups(tasks, init_states, rl.episodes_per_iter // rl.group_size, rl.group_size, rng)
+        return grpo.plan_groups(tasks, init_states, rl.episodes_per_iter // rl.group_size, rl.group_size, rng,
+                                rl.rollout_seeds)
     plan = []
     for k in range(rl.episodes_per_iter):
         suite, task = tasks[rng.integers(len(tasks))]
-        plan.append(PlannedEpisode(suite, task, int(init_states[rng.integers(len(init_states))]), k))
+        init = int(init_states[rng.integers(len(init_states))])
+        seed = int(rl.rollout_seeds[rng.integers(len(rl.rollout_seeds))]) if rl.rollout_seeds else int(rng.integers(2**31 - 1))
+        plan.append(PlannedEpisode(suite, task, init, k, seed))
     return plan
 
 
