@@ -46,3 +46,16 @@ def write_synthetic_dataset(root, episodes=3, frames=20, image_size=32, action_d
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory):
     return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local 2-CPU Ray cluster started by this process; its address for drivers run as subprocesses
+    (the Ray integration tests)."""
+    import ray  # here, not at import: the unit tests run without the ray extra
+
+    info = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False)
+    try:
+        yield info.address_info["gcs_address"]
+    finally:
+        ray.shutdown()  # stops the cluster this process started
