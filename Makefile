@@ -41,9 +41,10 @@ rl:
 	$(VLA) rl --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
 
 # The RL learning demonstration in the README: BC a diffusion policy (1,500 steps, as `make finetune`
-# does), then GRPO on init states 0-9 of its task, evaluated before and after on the same 100 episodes
-# (init states 0-9 x seeds 7-16; the seed sets the scene's fixture placement and the sampling noise).
-RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=12 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=5e-6 rl.epochs=2 \
+# does), then GRPO on init states 0-9 of its task (a fresh scene seed per group), evaluated before, at
+# iteration 12 and after on the same 100 episodes (init states 0-9 x seeds 7-16; the seed sets the scene's
+# fixture placement and the sampling noise).
+RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=24 rl.eval_every=12 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=5e-6 rl.epochs=2 \
 	rl.target_kl=0.1 "rl.init_states=[0,1,2,3,4,5,6,7,8,9]" rl.eval_episodes_per_task=10 \
 	"rl.eval_seeds=[7,8,9,10,11,12,13,14,15,16]"
 rl-demo:
