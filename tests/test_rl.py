@@ -78,6 +78,7 @@ def test_grpo_plans_groups_of_one_init_state():
         members = plan[4 * g:4 * g + 4]
         assert len({(p.task, p.init_state, p.group, p.seed) for p in members}) == 1  # one scene per group
     assert len({p.seed for p in plan}) == 3  # fresh reset seeds: RL sees the fixture variety eval does
+    assert all(1_000 <= p.seed < 40_000 for p in plan)  # ManiSkill's s * 100000 + i must stay under 2**32
     fixed = grpo.plan_groups([("libero_spatial", 0)], [0], 3, 2, np.random.default_rng(0), seeds=[7, 8])
     assert {p.seed for p in fixed} <= {7, 8}
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 import numpy as np
 
 from vla.config import RLConfig
-from vla.rl.rollout import EpisodeRollout, PlannedEpisode
+from vla.rl.rollout import EpisodeRollout, PlannedEpisode, draw_seed
 
 
 def plan_groups(tasks: list[tuple[str, int]], init_states: list[int], groups: int, group_size: int,
@@ -22,8 +22,7 @@ def plan_groups(tasks: list[tuple[str, int]], init_states: list[int], groups: in
     for g in range(groups):
         suite, task = tasks[rng.integers(len(tasks))]
         init = int(init_states[rng.integers(len(init_states))])
-        seed = int(seeds[rng.integers(len(seeds))]) if seeds else int(rng.integers(2**31 - 1))
-        plan += [PlannedEpisode(suite, task, init, g, seed)] * group_size
+        plan += [PlannedEpisode(suite, task, init, g, draw_seed(rng, seeds))] * group_size
     return plan
 
 

@@ -19,6 +19,14 @@ import torch
 from sim.worker import CAMERAS, EnvError, EnvSpec, EnvWorker, WorkerCrashed
 
 MAX_ATTEMPTS = 3
+# fresh rollout reset seeds: above the small seeds evaluations use (7, 8, ...) and below 42,949, since
+# ManiSkill seeds episode i of seed s with s * 100000 + i, which must stay under 2**32
+ROLLOUT_SEEDS = (1_000, 40_000)
+
+
+def draw_seed(rng: np.random.Generator, seeds: list[int] | None) -> int:
+    """One rollout reset seed: from `seeds` when given, else a fresh one."""
+    return int(seeds[rng.integers(len(seeds))]) if seeds else int(rng.integers(*ROLLOUT_SEEDS))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from vla.model import Policy
 from vla.rl import grpo, ppo
 from vla.rl.buffer import DecisionBatch, flatten
 from vla.rl.objective import explained_variance, make_optimizer, reference_copy, update
-from vla.rl.rollout import EnvPool, PlannedEpisode, apply_step_penalty
+from vla.rl.rollout import EnvPool, PlannedEpisode, apply_step_penalty, draw_seed
 from vla.rl.td3 import ResidualTD3
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
 
@@ -82,8 +82,7 @@ def _plan(cfg: ExperimentConfig, tasks: list[tuple[str, int]], init_states: list
     for k in range(rl.episodes_per_iter):
         suite, task = tasks[rng.integers(len(tasks))]
         init = int(init_states[rng.integers(len(init_states))])
-        seed = int(rl.rollout_seeds[rng.integers(len(rl.rollout_seeds))]) if rl.rollout_seeds else int(rng.integers(2**31 - 1))
-        plan.append(PlannedEpisode(suite, task, init, k, seed))
+        plan.append(PlannedEpisode(suite, task, init, k, draw_seed(rng, rl.rollout_seeds)))
     return plan
 
 
@@ -236,7 +235,10 @@ def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode
     actor.eval()
     episodes, stats = pool.collect(actor, plan, generator)
     apply_step_penalty(episodes, rl.step_penalty)
-    kept, advs, rets, extra = algo.advantages(episodes, rl) if algo is not None else (episodes, [], [], {})
+    if not episodes:  # every planned episode was dropped after repeated simulator crashes: nothing to learn
+        kept, advs, rets, extra = [], [], [], {}
+    else:
+        kept, advs, rets, extra = algo.advantages(episodes, rl) if algo is not None else (episodes, [], [], {})
     row = {"iteration": it, "episodes": len(episodes),
            "success_rate": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
            "return": float(np.mean([e.ret for e in episodes])) if episodes else 0.0,
