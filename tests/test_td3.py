@@ -70,7 +70,11 @@ def test_td3_moves_the_residual_toward_what_was_rewarded():
     episodes = _episodes(policy)
     assert learner.add(episodes) == 48 and learner.replay.size == 48
     base_before = [p.detach().clone() for p in policy.head.base.parameters()]
-    feats = torch.cat(learner.features(episodes))
+    feats = torch.stack([e.decisions[0].record["features"] for e in episodes])
+    images = torch.from_numpy(np.stack([e.decisions[0].images for e in episodes]))
+    states = torch.from_numpy(np.stack([e.decisions[0].state for e in episodes]))
+    with torch.no_grad():  # the recorded features are the frozen backbone's, as acting saw them
+        torch.testing.assert_close(feats, policy.build_prefix(images, states, ["pick up the bowl"] * 48).pooled())
     base = torch.stack([e.decisions[0].record["base_action"] for e in episodes])
     with torch.no_grad():
         before = learner._mean(policy.head.mean_net, feats, base)[:, 0, 0]

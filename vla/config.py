@@ -75,6 +75,9 @@ class HeadConfig:
     rl_temperature: float = 1.0  # token heads: sampling temperature for RL exploration (and its log-probs)
     expert_width: int = 0  # flow/diffusion action expert width; 0 = half the backbone width
     value_head: bool = False  # a critic on the prefix features (PPO)
+    # what eval, sweeps and serving act with: the head's deterministic sample (argmax bins, eta=0 DDIM,
+    # the residual's mean) or its stochastic one, the very sampler RL optimizes (evaluate what RL trained)
+    sampler: str = "deterministic"  # deterministic | stochastic
     flow: FlowConfig = field(default_factory=FlowConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     residual: ResidualConfig = field(default_factory=ResidualConfig)

@@ -18,11 +18,17 @@ from vla.normalize import Normalizer
 from vla.sequence import Prefix
 
 STATE, ACTION = "state", "action"
+SAMPLERS = ("deterministic", "stochastic")
 
 
 class Policy(nn.Module):
     def __init__(self, cfg: ExperimentConfig, normalizer: Normalizer, state_dim: int):
         super().__init__()
+        if cfg.head.sampler not in SAMPLERS:
+            raise ValueError(f"head.sampler '{cfg.head.sampler}' is unknown; valid: {', '.join(SAMPLERS)}")
+        if cfg.head.sampler == "stochastic" and cfg.head.type == "oft" and cfg.head.oft_output == "l1":
+            raise ValueError("head.sampler=stochastic needs a head with a stochastic sampler; the oft head with "
+                             "oft_output=l1 is deterministic (use oft_output=tokens or another head)")
         self.cfg = cfg
         self.normalizer = normalizer
         self.state_dim = state_dim
@@ -72,9 +78,13 @@ class Policy(nn.Module):
     @torch.no_grad()
     def act(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str],
             generator: torch.Generator | None = None) -> np.ndarray:
-        """Raw env actions (B, chunk, action_dim) for a batch of observations."""
+        """Raw env actions (B, chunk, action_dim) for a batch of observations, drawn with the
+        sampler `head.sampler` names."""
         prefix = self.build_prefix(images, state, instructions)
-        chunk = self.head.sample(prefix, generator).float().cpu()
+        if self.cfg.head.sampler == "stochastic":
+            chunk = self.head.sample_rl(prefix, generator).actions.float().cpu()
+        else:
+            chunk = self.head.sample(prefix, generator).float().cpu()
         return self.normalizer.unnormalize(ACTION, chunk).numpy()
 
     @torch.no_grad()

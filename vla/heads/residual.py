@@ -73,7 +73,9 @@ class ResidualHead(ActionHead):
         noise = torch.randn(mean.shape, generator=generator, device=generator.device if generator else mean.device)
         residual = mean + std * noise.to(mean.device)
         log_prob = gaussian_log_prob(residual, mean, std.expand_as(mean)).flatten(1).sum(-1)
-        return RLSample(base + self.cfg.scale * residual, log_prob, {"base_action": base, "residual": residual})
+        # the pooled features ride along so off-policy RL (TD3) need not run the frozen backbone again
+        record = {"base_action": base, "residual": residual, "features": prefix.pooled().detach().float()}
+        return RLSample(base + self.cfg.scale * residual, log_prob, record)
 
     def evaluate(self, prefix, record):
         mean = self.residual_mean(prefix, record["base_action"])

@@ -106,7 +106,7 @@ def update(policy, batch: DecisionBatch, optimizer: torch.optim.Optimizer, cfg: 
                 with torch.no_grad():  # KL(old || new) of whole chunks, k3 estimator on the sampled chunks
                     moved = chunk_log_ratio if anchor is None else new_lp - anchor[mb.index].to(dev)
                     chunk_kl = float(((moved.exp() - 1) - moved).mean())
-                if train_actor and cfg.target_kl is not None and chunk_kl > 1.5 * cfg.target_kl:
+                if cfg.target_kl is not None and chunk_kl > 1.5 * cfg.target_kl:
                     _add(logs, chunk_kl=torch.tensor(chunk_kl))
                     stopped = True  # this minibatch is already too far from the sampling policy: no step
                     break

@@ -16,6 +16,7 @@ noise is seeded per (iteration, actor), so a run is reproducible for the same nu
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -119,8 +120,6 @@ class RolloutActor:
         planned = [_planned(row) for row in plan]
         episodes, stats = self.pool.collect(self.policy, planned, torch.Generator().manual_seed(seed))
         meta, payload = encode_episodes(episodes)
-        import socket
-
         return {"meta": meta, "payload": payload, "node": socket.gethostname(),
                 "stats": [stats.env_steps, stats.seconds, stats.policy_seconds, stats.restarts, stats.dropped]}
 

@@ -122,28 +122,15 @@ class ResidualTD3:
         self.steps = 0
 
     # -- data ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def features(self, episodes: list[EpisodeRollout], batch: int = 64) -> list[torch.Tensor]:
-        """Pooled prefix features of every decision (frozen backbone: the same features acting saw)."""
-        out = []
-        for e in episodes:
-            feats = []
-            for start in range(0, len(e.decisions), batch):
-                ds = e.decisions[start:start + batch]
-                images = torch.from_numpy(np.stack([d.images for d in ds]))
-                states = torch.from_numpy(np.stack([d.state for d in ds])).float()
-                prefix = self.policy.build_prefix(images, states, [e.instruction] * len(ds))
-                feats.append(prefix.pooled().float().cpu())
-            out.append(torch.cat(feats))
-        return out
-
     def add(self, episodes: list[EpisodeRollout]) -> int:
         """Store every decision of these whole episodes with its n-step target inputs."""
         episodes = [e for e in episodes if e.decisions]
         if not episodes:
             return 0
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in ReplayBuffer.FIELDS}
-        for e, feats in zip(episodes, self.features(episodes)):
+        for e in episodes:
+            # the pooled features acting saw (ResidualHead.sample_rl records them; the backbone is frozen)
+            feats = torch.stack([d.record["features"].float() for d in e.decisions])
             rewards = np.array([d.reward for d in e.decisions])
             sums, boot, disc = nstep_targets(rewards, self.cfg.n_step, self.rl.gamma)
             base = torch.stack([d.record["base_action"].float() for d in e.decisions])

@@ -235,10 +235,12 @@ def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode
     actor.eval()
     episodes, stats = pool.collect(actor, plan, generator)
     apply_step_penalty(episodes, rl.step_penalty)
-    if not episodes:  # every planned episode was dropped after repeated simulator crashes: nothing to learn
-        kept, advs, rets, extra = [], [], [], {}
+    # no episodes: every planned one was dropped after repeated simulator crashes, nothing to learn;
+    # no algo: off-policy (td3), the learner stores whole episodes
+    if algo is None or not episodes:
+        kept, advs, rets, extra = episodes, [], [], {}
     else:
-        kept, advs, rets, extra = algo.advantages(episodes, rl) if algo is not None else (episodes, [], [], {})
+        kept, advs, rets, extra = algo.advantages(episodes, rl)
     row = {"iteration": it, "episodes": len(episodes),
            "success_rate": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
            "return": float(np.mean([e.ret for e in episodes])) if episodes else 0.0,
@@ -248,7 +250,7 @@ def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode
            "restarts": stats.restarts, "dropped": stats.dropped, **extra}
     if not kept:
         return row, None
-    if algo is None:  # off-policy: the learner stores whole episodes
+    if algo is None:
         return row, kept
     batch = flatten(kept, advs, rets, per_episode=rl.algo == "grpo")
     if rl.algo == "ppo":
