@@ -58,8 +58,9 @@ def load_config(directory: Path) -> ExperimentConfig:
         raise CheckpointError(f"checkpoint {directory} has an invalid config: {err}") from err
 
 
-def load_policy(directory: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a Policy from a checkpoint directory (config + stats + weights)."""
+def load_policy(directory: str | Path, device: str | torch.device | None = None):
+    """Rebuild a Policy from a checkpoint directory (config + stats + weights), on `device`
+    (None: the checkpoint's own `device` setting, auto = the GPU when there is one)."""
     from vla.model import Policy
 
     directory = Path(directory)
@@ -86,7 +87,9 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"corrupt weights file {weights}: {err}") from err
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not match the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    return policy.to(device).eval()
+    from vla.devices import pick_device
+
+    return policy.to(pick_device(cfg.device) if device is None else device).eval()
 
 
 # --- training checkpoints: policy + everything needed for an exact resume ----------------------

@@ -93,7 +93,8 @@ def _run(args) -> int:
         except RayRolloutError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        print(json.dumps({k: summary[k] for k in ("before", "after", "rl_seconds", "checkpoint")}, indent=2))
+        if summary is not None:  # None: a torchrun replica other than rank 0
+            print(json.dumps({k: summary[k] for k in ("before", "after", "rl_seconds", "checkpoint")}, indent=2))
         return 0
     if args.cmd == "serve":
         from real_robot.server import policy_infer, run

@@ -24,6 +24,7 @@ import torch
 
 from vla.config import RLConfig
 from vla.rl.buffer import DecisionBatch
+from vla.rl.distributed import GradSync, split_evenly
 
 
 def clip_range(cfg: RLConfig) -> tuple[float, float]:
@@ -78,61 +79,44 @@ def make_optimizer(policy, cfg: RLConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
-def update(policy, batch: DecisionBatch, optimizer: torch.optim.Optimizer, cfg: RLConfig,
+def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer, cfg: RLConfig,
            generator: torch.Generator, train_actor: bool = True, train_critic: bool = False,
-           reference=None) -> dict[str, float]:
-    low, high = clip_range(cfg)
-    scale = ratio_scale(cfg, policy.cfg.head.chunk_size, policy.cfg.head.action_dim)
+           reference=None, sync: GradSync | None = None) -> dict[str, float]:
+    """Epochs of minibatch steps. sync: the torchrun replicas' collectives (`vla.rl.distributed`);
+    there `batch` may be None, a rank that holds no decisions this iteration but still steps along."""
+    if batch is None and sync is None:
+        raise ValueError("no decisions to learn from")
+    if cfg.target_kl is not None and cfg.target_kl <= 0:
+        raise ValueError(f"rl.target_kl must be > 0 (chunk-level nats) or null to disable, got {cfg.target_kl}")
     params = [p for g in optimizer.param_groups for p in g["params"]]
     logs: dict[str, list[float]] = {}
     policy.eval()  # no dropout: the log-prob being clipped must be the one that sampled
-    if cfg.target_kl is not None and cfg.target_kl <= 0:
-        raise ValueError(f"rl.target_kl must be > 0 (chunk-level nats) or null to disable, got {cfg.target_kl}")
     steps, stopped = 0, False
     # with rl.overlap the batch was sampled one update ago: measure how far this update moves the
     # policy from where it starts, not from the (older) sampling policy
-    anchor = _score(policy, batch, cfg.minibatch_size) if cfg.overlap and cfg.target_kl is not None else None
+    overlap_anchor = batch is not None and cfg.overlap and cfg.target_kl is not None
+    anchor = _score(policy, batch, cfg.minibatch_size) if overlap_anchor else None
     for _ in range(cfg.epochs):
         if stopped:
             break
-        for mb in batch.minibatches(cfg.minibatch_size, generator):
-            dev = policy.device
-            prefix = policy.build_prefix(mb.images, mb.states, mb.instructions)
-            records = {k: v.to(dev) for k, v in mb.records.items()}
-            loss = torch.zeros((), device=dev)
+        for mb in _minibatches(batch, cfg.minibatch_size, generator, sync):
+            count = len(mb) if mb is not None else 0
+            loss, chunk_kl = torch.zeros((), device=policy.device), 0.0
+            if count:
+                loss, chunk_kl = _loss(policy, mb, cfg, logs, train_actor, train_critic, reference, anchor)
+            total = float(count)
+            if sync is not None:  # the KL of all ranks' decisions: every replica stops at the same step
+                chunk_kl, total = sync.weighted_mean(chunk_kl, float(count))
             if train_actor:
-                new_lp, entropy = policy.head.evaluate(prefix, records)
-                chunk_log_ratio = new_lp - mb.old_log_prob.to(dev)
-                with torch.no_grad():  # KL(old || new) of whole chunks, k3 estimator on the sampled chunks
-                    moved = chunk_log_ratio if anchor is None else new_lp - anchor[mb.index].to(dev)
-                    chunk_kl = float(((moved.exp() - 1) - moved).mean())
+                _add(logs, chunk_kl=torch.tensor(chunk_kl))
                 if cfg.target_kl is not None and chunk_kl > 1.5 * cfg.target_kl:
-                    _add(logs, chunk_kl=torch.tensor(chunk_kl))
                     stopped = True  # this minibatch is already too far from the sampling policy: no step
                     break
-                log_ratio = chunk_log_ratio / scale
-                pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high, mb.weights.to(dev))
-                ent = entropy.mean() / scale
-                loss = loss + pg - cfg.entropy_coef * ent
-                with torch.no_grad():
-                    approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
-                _add(logs, pg_loss=pg, clip_frac=clip_frac, entropy=ent, approx_kl=approx_kl,
-                     chunk_kl=torch.tensor(chunk_kl))
-                if reference is not None and cfg.kl_coef > 0:
-                    with torch.no_grad():
-                        ref_prefix = reference.build_prefix(mb.images, mb.states, mb.instructions)
-                        ref_lp, _ = reference.head.evaluate(ref_prefix, records)
-                    diff = (ref_lp - new_lp) / scale  # k3 estimator of KL(new || ref), per dim
-                    kl = (diff.exp() - diff - 1).mean()
-                    loss = loss + cfg.kl_coef * kl
-                    _add(logs, kl_ref=kl)
-            if train_critic:
-                value = policy.value_head(prefix, detach_features=True)
-                v_loss = ((value - mb.returns.to(dev)) ** 2).mean()
-                loss = loss + cfg.value_coef * v_loss
-                _add(logs, value_loss=v_loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if count:
+                loss.backward()
+            if sync is not None:
+                sync.average_gradients(params, float(count), total)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 raise FloatingPointError("non-finite RL gradient; lower rl.lr or check the rewards")
@@ -143,6 +127,56 @@ def update(policy, batch: DecisionBatch, optimizer: torch.optim.Optimizer, cfg: 
     if "chunk_kl" in logs:
         out["chunk_kl_max"] = float(np.max(logs["chunk_kl"]))
     return {**out, "gradient_steps": float(steps), "kl_stopped": float(stopped)}
+
+
+def _minibatches(batch: DecisionBatch | None, size: int, generator: torch.Generator, sync: GradSync | None):
+    """Shuffled minibatches; across replicas the same number on every rank (None: none here)."""
+    if sync is None:
+        yield from batch.minibatches(size, generator)
+        return
+    local = len(batch) if batch is not None else 0
+    parts = sync.minibatches_per_epoch(local, size)
+    order = torch.randperm(local, generator=generator)
+    for index in split_evenly(order, parts):
+        yield batch.select(index) if len(index) else None
+
+
+def _loss(policy, mb: DecisionBatch, cfg: RLConfig, logs: dict, train_actor: bool, train_critic: bool,
+          reference, anchor: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """One minibatch's loss and its chunk-level KL to the sampling policy (or the update's start)."""
+    low, high = clip_range(cfg)
+    scale = ratio_scale(cfg, policy.cfg.head.chunk_size, policy.cfg.head.action_dim)
+    dev = policy.device
+    prefix = policy.build_prefix(mb.images, mb.states, mb.instructions)
+    records = {k: v.to(dev) for k, v in mb.records.items()}
+    loss, chunk_kl = torch.zeros((), device=dev), 0.0
+    if train_actor:
+        new_lp, entropy = policy.head.evaluate(prefix, records)
+        chunk_log_ratio = new_lp - mb.old_log_prob.to(dev)
+        with torch.no_grad():  # KL(old || new) of whole chunks, k3 estimator on the sampled chunks
+            moved = chunk_log_ratio if anchor is None else new_lp - anchor[mb.index].to(dev)
+            chunk_kl = float(((moved.exp() - 1) - moved).mean())
+        log_ratio = chunk_log_ratio / scale
+        pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high, mb.weights.to(dev))
+        ent = entropy.mean() / scale
+        loss = loss + pg - cfg.entropy_coef * ent
+        with torch.no_grad():
+            approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
+        _add(logs, pg_loss=pg, clip_frac=clip_frac, entropy=ent, approx_kl=approx_kl)
+        if reference is not None and cfg.kl_coef > 0:
+            with torch.no_grad():
+                ref_prefix = reference.build_prefix(mb.images, mb.states, mb.instructions)
+                ref_lp, _ = reference.head.evaluate(ref_prefix, records)
+            diff = (ref_lp - new_lp) / scale  # k3 estimator of KL(new || ref), per dim
+            kl = (diff.exp() - diff - 1).mean()
+            loss = loss + cfg.kl_coef * kl
+            _add(logs, kl_ref=kl)
+    if train_critic:
+        value = policy.value_head(prefix, detach_features=True)
+        v_loss = ((value - mb.returns.to(dev)) ** 2).mean()
+        loss = loss + cfg.value_coef * v_loss
+        _add(logs, value_loss=v_loss)
+    return loss, chunk_kl
 
 
 @torch.no_grad()

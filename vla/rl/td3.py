@@ -113,7 +113,8 @@ class ResidualTD3:
                              "checkpoint (make rl POLICY=residual ALGO=td3 CKPT=<base>)")
         self.policy, self.rl, self.cfg = policy, rl, rl.td3
         n = head.chunk_size * head.action_dim
-        self.critic = TwinCritic(policy.backbone.hidden_size + 2 * n, self.cfg.critic_width)
+        self.device = policy.device  # the replay stays in CPU memory; sampled batches move here
+        self.critic = TwinCritic(policy.backbone.hidden_size + 2 * n, self.cfg.critic_width).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_target = copy.deepcopy(head.mean_net).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=rl.critic_lr)
@@ -157,10 +158,10 @@ class ResidualTD3:
         cfg, head = self.cfg, self.policy.head
         logs: dict[str, list[float]] = {}
         for _ in range(cfg.updates_per_iter):
-            b = self.replay.sample(cfg.batch_size, generator)
+            b = {k: v.to(self.device) for k, v in self.replay.sample(cfg.batch_size, generator).items()}
             with torch.no_grad():
                 noise = (torch.randn(b["next_base"].shape, generator=generator) * cfg.target_noise).clamp(
-                    -cfg.noise_clip, cfg.noise_clip)
+                    -cfg.noise_clip, cfg.noise_clip).to(self.device)
                 next_residual = self._mean(self.actor_target, b["next_features"], b["next_base"]) + noise
                 q1_t, q2_t = self.critic_target(b["next_features"], b["next_base"], next_residual)
                 target = b["reward"] + b["discount"] * torch.minimum(q1_t, q2_t)

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 import sim
 from vla.checkpoint import latest_checkpoint, load_policy, load_training_state, save_training_checkpoint
 from vla.config import ConfigError, ExperimentConfig, merge, parse_overrides, to_yaml
+from vla.devices import Dist, pick_device, setup_distributed
 from vla.model import Policy
 from vla.rl import grpo, ppo
 from vla.rl.buffer import DecisionBatch, flatten
+from vla.rl.distributed import BARRIER_TIMEOUT_S, GradSync, seed_offset, shard_plan
 from vla.rl.objective import explained_variance, make_optimizer, reference_copy, update
 from vla.rl.rollout import EnvPool, PlannedEpisode, apply_step_penalty, draw_seed
 from vla.rl.td3 import ResidualTD3
@@ -119,16 +122,23 @@ def evaluate(policy, cfg: ExperimentConfig, tasks: list[tuple[str, int]], out: P
     return summarize_rows(rows)
 
 
-def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] | None = None) -> dict:
+def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] | None = None) -> dict | None:
+    """Runs RL to rl.iterations (resuming if the output has checkpoints) and returns the summary
+    (None on torchrun ranks other than 0, which neither evaluate nor report)."""
     policy = prepare_policy(ckpt, recipe, overrides or [])
     cfg, rl = policy.cfg, policy.cfg.rl
     _check(cfg)
+    device = pick_device(cfg.device)
+    place = setup_distributed(device, timeout_s=BARRIER_TIMEOUT_S)
+    _check_replicas(cfg, place)
+    policy.to(device)
     # the env workers run while the policy samples; torch threads spinning on the same cores as the
     # simulators measured ~10x slower inference here than one thread
     torch.set_num_threads(rl.torch_threads or max(1, (os.cpu_count() or 1) - rl.workers))
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    if place.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
     tasks = [(cfg.demos.suite, t) for t in (rl.tasks or cfg.demos.tasks)]
     init_states = rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
     reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
@@ -136,17 +146,32 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     optimizer = make_optimizer(policy, rl) if offpolicy is None else None
     state = _resume(out / "checkpoints", policy, optimizer, offpolicy)
     algo = ALGOS[rl.algo]
-    print(f"[rl] {rl.algo} on {tasks}, {len(init_states)} init states, head {cfg.head.type} "
-          f"({policy.head.rl_quantity}); starting at iteration {state['iteration']}", flush=True)
+    # torchrun replicas: `rows` reduces log rows and holds barriers on the main thread; the learner's
+    # collectives get their own process group when rl.overlap runs them on the learner thread
+    rows = learner_sync = None
+    if place.world > 1:
+        rows = GradSync(place, device)
+        learner_sync = GradSync(place, device, dist.new_group() if rl.overlap else None)
+        rows.broadcast_parameters(policy)
+    say = partial(print, flush=True) if place.main else (lambda *a, **k: None)
+    say(f"[rl] {rl.algo} on {tasks}, {len(init_states)} init states, head {cfg.head.type} "
+          f"({policy.head.rl_quantity}); starting at iteration {state['iteration']}"
+          + (f"; {place.world} replicas" if place.world > 1 else ""))
 
     def maybe_eval(it: int) -> None:
-        if str(it) not in state["evals"]:
+        if str(it) in state["evals"]:
+            return
+        if not place.main:  # rank 0 evaluates the (identical) policy while the replicas wait
+            state["evals"][str(it)] = {}
+        else:
             tic = time.perf_counter()
             state["evals"][str(it)] = {**evaluate(policy, cfg, tasks, out / f"eval_{it:04d}"),
                                        "seconds": round(time.perf_counter() - tic, 1)}
             e = state["evals"][str(it)]
             print(f"[rl] eval @ iteration {it}: {e['successes']}/{e['episodes']} = {e['success_rate']:.1%} "
                   f"(95% CI {e['ci95'][0]:.1%}-{e['ci95'][1]:.1%}), {e['seconds']} s", flush=True)
+        if rows is not None:
+            rows.barrier()
 
     pool = _pool(policy, cfg) if rl.ray else None  # a missing Ray cluster fails before the long evaluation
     maybe_eval(0)
@@ -164,15 +189,16 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
         row["iteration_s"] = round(time.perf_counter() - started, 1)
         state["iteration"] = row["iteration"]
         state["history"].append(row)
-        print("[rl] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-              flush=True)
+        say("[rl] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if actor is not policy:
             actor.load_state_dict(policy.state_dict())
-        _save(out / "checkpoints", policy, optimizer, state, offpolicy)
-        _write_log(out / "rl_log.jsonl", state["history"])
+        if place.main:
+            _save(out / "checkpoints", policy, optimizer, state, offpolicy)
+            _write_log(out / "rl_log.jsonl", state["history"])
         if rl.eval_every and row["iteration"] % rl.eval_every == 0 and row["iteration"] < rl.iterations:
             maybe_eval(row["iteration"])
-            _save(out / "checkpoints", policy, optimizer, state, offpolicy)
+            if place.main:
+                _save(out / "checkpoints", policy, optimizer, state, offpolicy)
 
     pending: tuple[dict, float, Future | None] | None = None
     try:
@@ -180,10 +206,13 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
         while it <= rl.iterations or pending is not None:
             collected = None
             if it <= rl.iterations:
-                generator = torch.Generator().manual_seed(rl.seed * 1_000_003 + it)
+                generator = torch.Generator().manual_seed(rl.seed * 1_000_003 + it + seed_offset(place))
                 tic = time.perf_counter()
-                collected = (*_rollout(actor, pool, cfg, algo, _plan(cfg, tasks, init_states, it), generator, it),
-                             generator, tic)
+                plan = _plan(cfg, tasks, init_states, it)
+                row, batch = _rollout(actor, pool, cfg, algo, shard_plan(plan, place), generator, it)
+                if rows is not None:  # the iteration over every replica's episodes
+                    row = rows.reduce_row(row)
+                collected = (row, batch, generator, tic)
             if pending is not None:  # the update that trained during this rollout
                 finish(*pending)
                 pending = None
@@ -191,7 +220,8 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
                 break
             row, batch, generator, tic = collected
             it += 1
-            if batch is None:
+            local = len(batch) if batch is not None else 0
+            if (rows.total(local) if rows is not None else local) == 0:
                 finish(row, tic, None)
                 continue
             if offpolicy is not None:  # batch = the iteration's whole episodes, into the replay buffer
@@ -199,7 +229,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
                 continue
             warmup = rl.algo == "ppo" and row["iteration"] <= rl.critic_warmup
             step = partial(_timed_update, policy, batch, optimizer, rl, generator, train_actor=not warmup,
-                           train_critic=rl.algo == "ppo", reference=reference)
+                           train_critic=rl.algo == "ppo", reference=reference, sync=learner_sync)
             if learner is None:
                 finish(row, tic, _completed(step()))
             else:
@@ -209,10 +239,26 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
             learner.shutdown(wait=True)
         pool.close()
     maybe_eval(state["iteration"])
+    if not place.main:
+        dist.destroy_process_group()
+        return None
     final = _save(out / "checkpoints", policy, optimizer, state, offpolicy)
     from vla.rl.report import write_rl_report
 
-    return write_rl_report(out, state, cfg, final)
+    summary = write_rl_report(out, state, cfg, final)
+    if place.world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def _check_replicas(cfg: ExperimentConfig, place: Dist) -> None:
+    if place.world == 1:
+        return
+    if cfg.rl.ray:
+        raise ConfigError("rl.ray puts rollouts on a Ray cluster for one learner process; under torchrun every "
+                          "replica rolls out on its own env workers: use one or the other")
+    if cfg.rl.algo == "td3":
+        raise ConfigError("rl.algo=td3 trains its small residual and critics in one process; run it without torchrun")
 
 
 def _pool(policy, cfg: ExperimentConfig):
@@ -245,7 +291,7 @@ def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode
            "success_rate": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
            "return": float(np.mean([e.ret for e in episodes])) if episodes else 0.0,
            "episode_steps": float(np.mean([e.steps for e in episodes])) if episodes else 0.0,
-           "env_frames_per_s": stats.env_steps / max(stats.seconds, 1e-9),
+           "env_frames": stats.env_steps, "env_frames_per_s": stats.env_steps / max(stats.seconds, 1e-9),
            "rollout_s": round(stats.seconds, 1), "policy_s": round(stats.policy_seconds, 1),
            "restarts": stats.restarts, "dropped": stats.dropped, **extra}
     if not kept:
@@ -261,7 +307,7 @@ def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode
 def _timed_update(policy, batch, optimizer, rl, generator, **kwargs) -> dict:
     tic = time.perf_counter()
     logs = update(policy, batch, optimizer, rl, generator, **kwargs)
-    return {**logs, "decisions": len(batch), "update_s": round(time.perf_counter() - tic, 1)}
+    return {**logs, "decisions": len(batch) if batch is not None else 0, "update_s": round(time.perf_counter() - tic, 1)}
 
 
 def _timed_td3(learner: ResidualTD3, episodes, generator: torch.Generator, train_actor: bool) -> dict:

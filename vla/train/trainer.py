@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,39 +18,11 @@ from transformers import get_cosine_schedule_with_warmup
 from vla.checkpoint import latest_checkpoint, load_training_state, norm_specs, save_training_checkpoint
 from vla.config import ConfigError, ExperimentConfig, to_dict, to_yaml
 from vla.data.dataset import EpochSampler, FrameCache, StreamingFrames, dataset_stats, open_dataset, validate_dataset
+from vla.devices import pick_device, setup_distributed
 from vla.model import Policy
 from vla.normalize import Normalizer
 from vla.train.lora import apply_lora, freeze_vision
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: torch.device) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), world)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' asked for, but CUDA is not available")
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
