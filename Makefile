@@ -10,7 +10,7 @@ CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 export MUJOCO_GL ?= egl
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install finetune train demos eval rl rl-demo config test test-unit bench clean
+.PHONY: install finetune train demos eval rl rl-demo rl-demo-residual config test test-unit bench clean
 
 install:
 	bash scripts/install.sh
@@ -40,17 +40,26 @@ rl:
 	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo|td3 CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
 	$(VLA) rl --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
 
-# The RL learning demonstration in the README: BC a diffusion policy (1,500 steps, as `make finetune`
-# does), then GRPO on init states 0-9 of its task (a fresh scene seed per group), evaluated before, at
-# iteration 16 and after on the same 100 episodes (init states 0-9 x seeds 7-16; the seed sets the scene's
-# fixture placement and the sampling noise). Every evaluation acts with the stochastic DDIM chain that RL
-# optimizes (head.sampler=stochastic), the BC policy's included.
-RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=32 rl.eval_every=16 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=5e-6 \
+# The RL learning demonstration in the README: a deliberately weak diffusion policy (500 BC steps on
+# the 20 scripted demos instead of 1,500), then GRPO on init states 0-9 of its task (a fresh scene seed
+# per group), evaluated before and after on the same 100 episodes (init states 0-9 x seeds 7-16; the
+# seed sets the scene's fixture placement and the sampling noise). Every evaluation acts with the
+# stochastic DDIM chain that RL optimizes (head.sampler=stochastic), the BC policy's included.
+RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=36 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=5e-6 \
 	rl.epochs=2 rl.target_kl=0.1 "rl.init_states=[0,1,2,3,4,5,6,7,8,9]" rl.eval_episodes_per_task=10 \
 	"rl.eval_seeds=[7,8,9,10,11,12,13,14,15,16]" head.sampler=stochastic
 rl-demo:
-	$(VLA) train --policy diffusion --sim $(SIM) output_dir=runs/diffusion
-	$(VLA) rl --policy diffusion --sim $(SIM) --ckpt runs/diffusion/checkpoints/step_0001500 output_dir=runs/rl_demo_diffusion_grpo $(RL_DEMO_ARGS)
+	$(VLA) train --policy diffusion --sim $(SIM) output_dir=runs/diffusion_500 train.steps=500
+	$(VLA) rl --policy diffusion --sim $(SIM) --ckpt runs/diffusion_500/checkpoints/step_0000500 output_dir=runs/rl_demo_diffusion_grpo $(RL_DEMO_ARGS)
+
+# The smaller residual PPO demonstration (ResiP): a deliberately under-trained OFT base (500 BC steps
+# instead of 1,500), frozen, and PPO on a Gaussian residual over it; 50 fixed evaluation episodes
+# (init states 0-9 x seeds 7-11) before and after, with the residual's mean.
+RL_DEMO_RESIDUAL_ARGS ?= rl.algo=ppo rl.iterations=12 rl.episodes_per_iter=16 rl.lr=1e-4 rl.critic_warmup=2 \
+	rl.target_kl=0.5 "rl.init_states=[0,1,2,3,4,5,6,7,8,9]" rl.eval_episodes_per_task=10 "rl.eval_seeds=[7,8,9,10,11]"
+rl-demo-residual:
+	$(VLA) train --policy openvla_oft --sim $(SIM) output_dir=runs/oft_500 train.steps=500
+	$(VLA) rl --policy residual --sim $(SIM) --ckpt runs/oft_500/checkpoints/step_0000500 output_dir=runs/rl_demo_residual_ppo $(RL_DEMO_RESIDUAL_ARGS)
 
 # Real robot: the policy server and the deployment daemon, each its own process (see README "Real robot").
 .PHONY: serve deploy
