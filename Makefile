@@ -40,17 +40,18 @@ rl:
 	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo|td3 CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
 	$(VLA) rl --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
 
-# The RL learning demonstration in the README: a deliberately weak diffusion policy (500 BC steps on
-# the 20 scripted demos instead of 1,500), then GRPO on init states 0-9 of its task (a fresh scene seed
-# per group), evaluated before and after on the same 100 episodes (init states 0-9 x seeds 7-16; the
-# seed sets the scene's fixture placement and the sampling noise). Every evaluation acts with the
-# stochastic DDIM chain that RL optimizes (head.sampler=stochastic), the BC policy's included.
+# The RL learning demonstration in the README: a deliberately under-trained diffusion policy (the
+# 1,000-step checkpoint of `make finetune`'s 1,500-step BC run), then GRPO on init states 0-9 of its
+# task (a fresh scene seed per group), evaluated before and after on the same 100 episodes (init
+# states 0-9 x seeds 7-16; the seed sets the scene's fixture placement and the sampling noise). Every
+# evaluation acts with the stochastic DDIM chain that RL optimizes (head.sampler=stochastic), the BC
+# policy's included.
 RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=36 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=5e-6 \
 	rl.epochs=2 rl.target_kl=0.1 "rl.init_states=[0,1,2,3,4,5,6,7,8,9]" rl.eval_episodes_per_task=10 \
 	"rl.eval_seeds=[7,8,9,10,11,12,13,14,15,16]" head.sampler=stochastic
 rl-demo:
-	$(VLA) train --policy diffusion --sim $(SIM) output_dir=runs/diffusion_500 train.steps=500
-	$(VLA) rl --policy diffusion --sim $(SIM) --ckpt runs/diffusion_500/checkpoints/step_0000500 output_dir=runs/rl_demo_diffusion_grpo $(RL_DEMO_ARGS)
+	$(VLA) train --policy diffusion --sim $(SIM) output_dir=runs/diffusion
+	$(VLA) rl --policy diffusion --sim $(SIM) --ckpt runs/diffusion/checkpoints/step_0001000 output_dir=runs/rl_demo_diffusion_grpo $(RL_DEMO_ARGS)
 
 # The smaller residual PPO demonstration (ResiP): a deliberately under-trained OFT base (500 BC steps
 # instead of 1,500), frozen, and PPO on a Gaussian residual over it; 50 fixed evaluation episodes
