@@ -46,7 +46,7 @@ rl:
 # states 0-9 x seeds 7-16; the seed sets the scene's fixture placement and the sampling noise). Every
 # evaluation acts with the stochastic DDIM chain that RL optimizes (head.sampler=stochastic), the BC
 # policy's included.
-RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=36 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=5e-6 \
+RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=30 rl.episodes_per_iter=16 rl.group_size=4 rl.lr=5e-6 \
 	rl.epochs=2 rl.target_kl=0.1 "rl.init_states=[0,1,2,3,4,5,6,7,8,9]" rl.eval_episodes_per_task=10 \
 	"rl.eval_seeds=[7,8,9,10,11,12,13,14,15,16]" head.sampler=stochastic
 rl-demo:
