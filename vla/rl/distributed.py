@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -55,9 +54,10 @@ class GradSync:
     def total(self, count: int) -> int:
         return int(self._reduce([float(count)])[0])
 
-    def minibatches_per_epoch(self, local: int, size: int) -> int:
-        """The same count on every rank: as many as the global batch needs at `size` per rank."""
-        return max(1, math.ceil(self.total(local) / (self.place.world * size)))
+    def minibatches_per_epoch(self, total: int, size: int) -> int:
+        """The same count on every rank: as many as the global batch of `total` decisions needs at
+        `size` per rank."""
+        return max(1, math.ceil(total / (self.place.world * size)))
 
     def weighted_mean(self, value: float, weight: float) -> tuple[float, float]:
         """(decision-weighted mean of value over ranks, total weight)."""
@@ -117,4 +117,4 @@ def split_evenly(order: torch.Tensor, parts: int) -> list[torch.Tensor]:
 
 def seed_offset(place: Dist) -> int:
     """Rank 0 keeps the single-process seeds, so a 1-rank run reproduces a plain one."""
-    return int(np.uint32(place.rank * 7_919))
+    return place.rank * 7_919

@@ -96,14 +96,19 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
     # policy from where it starts, not from the (older) sampling policy
     overlap_anchor = batch is not None and cfg.overlap and cfg.target_kl is not None
     anchor = _score(policy, batch, cfg.minibatch_size) if overlap_anchor else None
+    clip = clip_range(cfg)
+    scale = ratio_scale(cfg, policy.cfg.head.chunk_size, policy.cfg.head.action_dim)
+    local = len(batch) if batch is not None else 0
+    parts = sync.minibatches_per_epoch(sync.total(local), cfg.minibatch_size) if sync is not None else 0
     for _ in range(cfg.epochs):
         if stopped:
             break
-        for mb in _minibatches(batch, cfg.minibatch_size, generator, sync):
+        for mb in _minibatches(batch, cfg.minibatch_size, generator, parts):
             count = len(mb) if mb is not None else 0
             loss, chunk_kl = torch.zeros((), device=policy.device), 0.0
             if count:
-                loss, chunk_kl = _loss(policy, mb, cfg, logs, train_actor, train_critic, reference, anchor)
+                loss, chunk_kl = _loss(policy, mb, cfg, logs, train_actor, train_critic, reference, anchor,
+                                       clip, scale)
             total = float(count)
             if sync is not None:  # the KL of all ranks' decisions: every replica stops at the same step
                 chunk_kl, total = sync.weighted_mean(chunk_kl, float(count))
@@ -129,23 +134,23 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
     return {**out, "gradient_steps": float(steps), "kl_stopped": float(stopped)}
 
 
-def _minibatches(batch: DecisionBatch | None, size: int, generator: torch.Generator, sync: GradSync | None):
-    """Shuffled minibatches; across replicas the same number on every rank (None: none here)."""
-    if sync is None:
+def _minibatches(batch: DecisionBatch | None, size: int, generator: torch.Generator, parts: int):
+    """Shuffled minibatches of `size`; across replicas (parts > 0) the same number, `parts`, on
+    every rank (None: none here)."""
+    if not parts:
         yield from batch.minibatches(size, generator)
         return
     local = len(batch) if batch is not None else 0
-    parts = sync.minibatches_per_epoch(local, size)
     order = torch.randperm(local, generator=generator)
     for index in split_evenly(order, parts):
         yield batch.select(index) if len(index) else None
 
 
 def _loss(policy, mb: DecisionBatch, cfg: RLConfig, logs: dict, train_actor: bool, train_critic: bool,
-          reference, anchor: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+          reference, anchor: torch.Tensor | None, clip: tuple[float, float], scale: float
+          ) -> tuple[torch.Tensor, float]:
     """One minibatch's loss and its chunk-level KL to the sampling policy (or the update's start)."""
-    low, high = clip_range(cfg)
-    scale = ratio_scale(cfg, policy.cfg.head.chunk_size, policy.cfg.head.action_dim)
+    low, high = clip
     dev = policy.device
     prefix = policy.build_prefix(mb.images, mb.states, mb.instructions)
     records = {k: v.to(dev) for k, v in mb.records.items()}
