@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from vla.config import ExperimentConfig
+from vla.eval.stats import paired_outcomes
 
 
 def _fmt(e: dict) -> str:
@@ -25,17 +26,35 @@ def write_rl_report(out: Path, state: dict, cfg: ExperimentConfig, checkpoint: P
         "env_frames": int(sum(r["episode_steps"] * r["episodes"] for r in history)),
         "evals": {str(k): v for k, v in sorted(evals.items())},
     }
+    if last != first:
+        summary["paired"] = paired_outcomes(episode_successes(out / f"eval_{first:04d}"),
+                                            episode_successes(out / f"eval_{last:04d}"))
     (out / "rl_summary.json").write_text(json.dumps(summary, indent=2))
     _plot(out / "learning_curve.png", history, evals, cfg)
     lines = [f"# RL: {cfg.rl.algo} on the {cfg.head.type} head", "",
              f"- before (iteration {first}): {_fmt(evals[first])}",
              f"- after (iteration {last}): {_fmt(evals[last])}",
+             *([_fmt_paired(summary["paired"])] if "paired" in summary else []),
              f"- RL wall time: {summary['rl_seconds']} s over {state['iteration']} iterations "
              f"({summary['env_frames']} env frames); evaluation: {summary['eval_seconds']} s",
              "", "![learning curve](learning_curve.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     print(f"[rl] before {_fmt(evals[first])} -> after {_fmt(evals[last])}; report in {out / 'report.md'}", flush=True)
     return summary
+
+
+def episode_successes(eval_dir: Path) -> dict[str, bool]:
+    """Success of every finished episode of one evaluation, keyed by seed and episode key."""
+    from vla.eval.sweep import read_results
+
+    return {f"{seed_dir.name}/{key}": bool(row.get("success"))
+            for seed_dir in sorted(eval_dir.glob("seed_*")) for key, row in read_results(seed_dir).items()
+            if row.get("status") == "ok"}
+
+
+def _fmt_paired(p: dict) -> str:
+    return (f"- paired on the same {p['episodes']} episodes: {p['gained']} failure->success, {p['lost']} "
+            f"success->failure (exact McNemar p = {p['mcnemar_p']:.3g})")
 
 
 def _plot(path: Path, history: list[dict], evals: dict[int, dict], cfg: ExperimentConfig) -> None:
