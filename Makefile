@@ -10,7 +10,7 @@ CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 export MUJOCO_GL ?= egl
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install finetune train demos eval rl rl-demo config test test-unit bench clean
+.PHONY: install finetune train demos eval rl rl-demo rl-demo-residual config test test-unit bench clean
 
 install:
 	bash scripts/install.sh
@@ -52,6 +52,17 @@ RL_DEMO_ARGS ?= rl.algo=grpo rl.iterations=30 rl.episodes_per_iter=16 rl.group_s
 rl-demo:
 	$(VLA) train --policy diffusion --sim $(SIM) output_dir=runs/diffusion
 	$(VLA) rl --policy diffusion --sim $(SIM) --ckpt runs/diffusion/checkpoints/step_0001000 output_dir=runs/rl_demo_diffusion_grpo $(RL_DEMO_ARGS)
+
+# The smaller residual-PPO demonstration (ResiP): the same 1,000-step diffusion checkpoint frozen as
+# the base (its deterministic eta=0 DDIM chunk) under a zero-initialised Gaussian residual; PPO trains
+# only the residual and its critic. Evaluated with the residual's mean (so iteration 0 is the base
+# alone) on 50 fixed episodes (init states 0-9 x seeds 7-11).
+RL_DEMO_RESIDUAL_ARGS ?= rl.algo=ppo rl.iterations=10 rl.episodes_per_iter=16 rl.lr=1e-4 rl.critic_warmup=1 \
+	rl.epochs=4 rl.target_kl=0.5 "rl.init_states=[0,1,2,3,4,5,6,7,8,9]" rl.eval_episodes_per_task=10 \
+	"rl.eval_seeds=[7,8,9,10,11]"
+rl-demo-residual:
+	test -d runs/diffusion/checkpoints/step_0001000 || $(VLA) train --policy diffusion --sim $(SIM) output_dir=runs/diffusion
+	$(VLA) rl --policy residual --sim $(SIM) --ckpt runs/diffusion/checkpoints/step_0001000 output_dir=runs/rl_demo_residual_ppo $(RL_DEMO_RESIDUAL_ARGS)
 
 # Real robot: the policy server and the deployment daemon, each its own process (see README "Real robot").
 .PHONY: serve deploy
