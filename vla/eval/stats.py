@@ -20,11 +20,11 @@ def mcnemar_exact_p(gained: int, lost: int) -> float:
     success->fail) is a fair coin, so p = 2 P(Binomial(gained + lost, 1/2) <= min(gained, lost))."""
     if gained < 0 or lost < 0:
         raise ValueError(f"discordant counts must be >= 0, got gained={gained}, lost={lost}")
-    n = gained + lost
-    if n == 0:
+    if gained + lost == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    from scipy.stats import binomtest
+
+    return float(binomtest(min(gained, lost), gained + lost, 0.5).pvalue)
 
 
 def paired_outcomes(before: dict[str, bool], after: dict[str, bool]) -> dict:
