@@ -107,6 +107,31 @@ def bench_sweep(episodes: int, max_steps: int, workers: int = 2) -> list[dict]:
              "sweep_overhead_s": stats["overhead_seconds"], "overhead_pct": 100 * stats["overhead_seconds"] / wall}]
 
 
+def _timed_ms(fn) -> float:
+    tic = time.perf_counter()
+    fn()
+    return (time.perf_counter() - tic) * 1000
+
+
+def _median_ms(fn, count: int, warmup: int = 2) -> float:
+    return float(np.median([_timed_ms(fn) for _ in range(warmup + count)][warmup:]))
+
+
+def _main_vs_worker_thread_ms(fn, repeats: int) -> tuple[float, float]:
+    """Median ms of `fn` on this thread and on one long-lived worker thread, alternating call by
+    call so both see the same machine load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    main, worker = [], []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for i in range(repeats + 2):
+            here, there = _timed_ms(fn), pool.submit(_timed_ms, fn).result()
+            if i >= 2:  # warm-up: the worker thread's first calls build its own OpenMP team
+                main.append(here)
+                worker.append(there)
+    return float(np.median(main)), float(np.median(worker))
+
+
 def bench_server(repeats: int) -> list[dict]:
     """Policy server round trip on loopback vs the same inference called directly: two 224x224
     cameras, the tiny OFT policy. The server is its own process (`vla serve`), as in deployment;
@@ -130,7 +155,7 @@ def bench_server(repeats: int) -> list[dict]:
     obs = {"observation/image": rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
            "observation/wrist_image": rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
            "observation/state": np.zeros(8, np.float32), "prompt": "put the bowl on the plate"}
-    direct_ms = 1000 / _rate(lambda: infer(obs), repeats)
+    direct_ms, thread_ms = _main_vs_worker_thread_ms(lambda: infer(obs), repeats)
     with tempfile.TemporaryDirectory() as tmp:
         save_policy(policy, Path(tmp) / "ckpt")
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
@@ -143,16 +168,19 @@ def bench_server(repeats: int) -> list[dict]:
                 if not line:
                     raise RuntimeError("vla serve exited before it was ready")
             client = PolicyClient(port=int(line.split(":")[-1].split()[0]))
-            served_ms = 1000 / _rate(lambda: client.infer(obs), repeats)
-            timing = client.infer(obs)["server_timing"]
+            inside_ms: list[float] = []  # the server's own timing of each call's inference
+            served_ms = _median_ms(lambda: inside_ms.append(client.infer(obs)["server_timing"]["infer_ms"]), repeats)
+            server_infer_ms = float(np.median(inside_ms[2:]))
             client.close()
         finally:
             proc.kill()
             proc.wait()
     return [{"what": "inference called directly", "ms": direct_ms},
+            {"what": "the same on one worker thread (as the server runs it), interleaved with the row above",
+             "ms": thread_ms, "vs_direct": thread_ms / direct_ms},
             {"what": "through `vla serve` (own process, loopback, msgpack, 2 x 224x224 images)", "ms": served_ms,
-             "overhead_ms": served_ms - direct_ms, "server_side_infer_ms": timing["infer_ms"],
-             "wire_ms": served_ms - timing["infer_ms"]}]
+             "overhead_ms": served_ms - direct_ms, "server_side_infer_ms": server_infer_ms,
+             "wire_ms": served_ms - server_infer_ms}]
 
 
 HEAD_VARIANTS = {  # label -> head overrides; all on the same tiny backbone, same 8x7 chunk
