@@ -11,17 +11,19 @@ def check_sim(name: str) -> None:
         raise ValueError(f"unknown SIM '{name}'; valid simulators: {', '.join(SIMS)}")
 
 
-def make_env(name: str, suite: str, task: int | str, image_size: int, max_steps: int | None = None, seed: int = 7) -> Env:
+def make_env(name: str, suite: str, task: int | str, image_size: int, max_steps: int | None = None, seed: int = 7,
+             reward: str = "sparse") -> Env:
+    """reward: `sim.base.REWARD_MODES` (dense is for RL; evaluation counts success only)."""
     check_sim(name)
     if name == "maniskill":
         from sim.maniskill import ManiSkillEnv
 
-        return ManiSkillEnv(suite, task, image_size=image_size, max_steps=max_steps, seed=seed)
+        return ManiSkillEnv(suite, task, image_size=image_size, max_steps=max_steps, seed=seed, reward=reward)
     from sim.libero import LiberoEnv
     from sim.libero_setup import ensure_libero_ready
 
     ensure_libero_ready()
-    return LiberoEnv(suite, task, image_size=image_size, max_steps=max_steps, seed=seed)
+    return LiberoEnv(suite, task, image_size=image_size, max_steps=max_steps, seed=seed, reward=reward)
 
 
 def num_init_states(name: str, suite: str, task: int) -> int:

@@ -12,6 +12,16 @@ from typing import Any, Protocol
 import numpy as np
 
 
+# sparse: 1 on the success step (what evaluation counts); dense: the simulator's shaped reward
+# (LIBERO: success + a potential-based progress term; ManiSkill: its normalized dense reward), for RL
+REWARD_MODES = ("sparse", "dense")
+
+
+def check_reward_mode(mode: str) -> None:
+    if mode not in REWARD_MODES:
+        raise ValueError(f"reward mode must be one of {REWARD_MODES}, got {mode!r}")
+
+
 @dataclass(frozen=True)
 class Observation:
     images: dict[str, np.ndarray]  # camera name -> (H, W, 3) uint8, upright

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.base import Observation, StepResult
+from sim.base import Observation, StepResult, check_reward_mode
+from sim.libero_progress import PickPlaceProgress, pick_place_goal
 from sim.libero_setup import ensure_libero_ready
 
 # Standard evaluation budgets (steps after settling) per suite, as in openpi / OpenVLA-OFT.
@@ -166,11 +167,14 @@ class LiberoEnv:
         settle_steps: int = 10,
         max_steps: int | None = None,
         seed: int = 7,
+        reward: str = "sparse",
     ) -> None:
+        check_reward_mode(reward)
         if image_size <= 0 or settle_steps < 0:
             raise ValueError(f"need image_size > 0 and settle_steps >= 0, got {image_size}, {settle_steps}")
         self.suite = suite
         self.task_id = resolve_task(suite, task_id)
+        goal = pick_place_goal(suite, self.task_id) if reward == "dense" else None  # refused before the build
         self.task_name = list_tasks(suite)[self.task_id]
         self.instruction = task_instruction(suite, self.task_id)
         self.image_size = image_size
@@ -193,6 +197,10 @@ class LiberoEnv:
         self._needs_reset = True
         self._render = True  # read by the gated camera sensors (see _gate_cameras)
         self._last_frames: dict[str, np.ndarray] = {}
+        # dense: success + the change of a progress potential (sim/libero_progress.py), for RL
+        self.reward_mode = reward
+        self._progress = PickPlaceProgress(self._env, goal) if goal is not None else None
+        self._potential = 0.0
 
     def _gate_cameras(self) -> None:
         """Make the camera observables render only while `self._render` is set.
@@ -238,6 +246,8 @@ class LiberoEnv:
         self._render = True
         self._steps = 0
         self._needs_reset = False
+        if self._progress is not None:
+            self._potential = self._progress.potential()
         return self._observation(raw)
 
     def step(self, action: np.ndarray, observe: bool = True) -> StepResult:
@@ -255,6 +265,9 @@ class LiberoEnv:
             self._render = True
         self._steps += 1
         info = {"success": bool(done), "steps": self._steps, "truncated": self._steps >= self.max_steps}
+        if self._progress is not None:
+            potential = self._progress.potential()
+            reward, self._potential = float(done) + potential - self._potential, potential
         return StepResult(observation=self._observation(raw), reward=float(reward), done=bool(done), info=info)
 
     def raw_env(self) -> Any:

@@ -9,7 +9,8 @@ What the toolkit sees is what it sees from LIBERO:
 - state (8): TCP position (3) + TCP orientation as axis-angle (3, LIBERO's formula) + the two finger joints (2).
 - cameras: `agentview` = the task's `base_camera`, `wrist` = the Panda wrist camera (robot `panda_wristcam`),
   upright, uint8, square at `image_size`.
-- success: the env's own `success`; reward is ManiSkill's sparse reward (1 on success).
+- success: the env's own `success`; reward is ManiSkill's sparse reward (1 on success), or with
+  `reward="dense"` (RL only) its `normalized_dense` reward (in [0, 1] per step, 1 on success).
 - init states: index i is the seeded reset `seed * 100_000 + i` (reproducible; 50 indexed per task by
   convention, like LIBERO's fixed init states, but any index works).
 
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sim.base import Observation, StepResult
+from sim.base import Observation, StepResult, check_reward_mode
 
 SUITE = "maniskill"
 ACTION_DIM = 7
@@ -152,7 +153,8 @@ class ManiSkillBatch:
     """N envs of one task in one process, stepped with toolkit actions; observations rendered on demand."""
 
     def __init__(self, task: int | str, num_envs: int = 1, image_size: int = 128, backend: str = "auto",
-                 cameras: bool = True) -> None:
+                 cameras: bool = True, reward: str = "sparse") -> None:
+        check_reward_mode(reward)
         if num_envs < 1 or image_size <= 0:
             raise ValueError(f"need num_envs >= 1 and image_size > 0, got {num_envs}, {image_size}")
         self.backend = resolve_backend(backend)
@@ -167,7 +169,8 @@ class ManiSkillBatch:
         import mani_skill.envs  # noqa: F401  (registers the tasks)
 
         kwargs: dict[str, Any] = dict(
-            num_envs=num_envs, obs_mode="state_dict", control_mode="pd_ee_delta_pose", reward_mode="sparse",
+            num_envs=num_envs, obs_mode="state_dict", control_mode="pd_ee_delta_pose",
+            reward_mode="normalized_dense" if reward == "dense" else "sparse",
             robot_uids=ROBOT, sim_backend=self.backend, render_backend="gpu" if self.backend == "gpu" else "cpu",
         )
         if cameras:
@@ -241,7 +244,7 @@ class ManiSkillEnv:
     camera_names = tuple(CAMERAS)
 
     def __init__(self, suite: str, task_id: int | str, image_size: int = 128, max_steps: int | None = None,
-                 seed: int = 7) -> None:
+                 seed: int = 7, reward: str = "sparse") -> None:
         self.suite = suite
         self.task_id = resolve_task(suite, task_id)
         task = TASKS[self.task_id]
@@ -250,7 +253,8 @@ class ManiSkillEnv:
         if self.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
         self.seed, self.image_size = seed, image_size
-        self._batch = ManiSkillBatch(self.task_id, 1, image_size, backend="cpu")
+        self.reward_mode = reward
+        self._batch = ManiSkillBatch(self.task_id, 1, image_size, backend="cpu", reward=reward)
         self._steps, self._random_resets = 0, 0
         self._needs_reset = True
         self._frames: dict[str, np.ndarray] = {}

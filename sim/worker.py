@@ -43,6 +43,7 @@ class EnvSpec:
     image_size: int
     max_steps: int | None = None
     seed: int = 7
+    reward: str = "sparse"  # sim.base.REWARD_MODES
 
 
 def _layout(image_size: int) -> tuple[int, int]:
@@ -114,7 +115,7 @@ def _serve(conn, shm_name: str, image_size: int) -> None:
                 if spec != env_spec:
                     if env is not None:
                         env.close()
-                    env = sim.make_env(spec.sim, spec.suite, spec.task, spec.image_size, spec.max_steps, spec.seed)
+                    env = sim.make_env(spec.sim, spec.suite, spec.task, spec.image_size, spec.max_steps, spec.seed, spec.reward)
                     env_spec = spec
                 record = bool(msg.get("record", False))
                 frames.clear()

@@ -177,6 +177,9 @@ class RLConfig:
     episodes_per_iter: int = 16  # GRPO: a multiple of group_size
     group_size: int = 4  # GRPO: episodes from the same (task, init state)
     max_steps: int | None = None  # None = the suite's standard value
+    # sparse: 1 on the success step; dense: the simulator's shaped reward summed over each chunk (LIBERO:
+    # success + a potential-based progress term for pick-and-place goals; ManiSkill: normalized_dense)
+    reward: str = "sparse"
     step_penalty: float = 0.0  # optional shaping: reward -= this per chunk (sparse success reward is 1)
     epochs: int = 2  # passes over each rollout
     minibatch_size: int = 32  # decisions per gradient step

@@ -104,7 +104,7 @@ def _planned(row: list) -> PlannedEpisode:
 
 class RolloutActor:
     def __init__(self, files: dict[str, bytes], workers: int, image_size: int, sim: str, max_steps: int | None,
-                 seed: int, torch_threads: int):
+                 seed: int, torch_threads: int, reward: str = "sparse"):
         from vla.checkpoint import load_policy
         from vla.rl.rollout import EnvPool
 
@@ -113,7 +113,7 @@ class RolloutActor:
         for name, data in files.items():
             (Path(self._dir.name) / name).write_bytes(data)
         self.policy = load_policy(self._dir.name).eval()
-        self.pool = EnvPool(workers, image_size, sim, max_steps, seed)
+        self.pool = EnvPool(workers, image_size, sim, max_steps, seed, reward=reward)
 
     def collect(self, weights: bytes, plan: list[list], seed: int) -> dict:
         load_weights(self.policy, weights)
@@ -133,7 +133,7 @@ class RayEnvPool:
     """`EnvPool`'s interface (`collect`, `close`) over rollout actors on a Ray cluster."""
 
     def __init__(self, policy, address: str, actors: int, workers: int, image_size: int, sim: str,
-                 max_steps: int | None, seed: int, torch_threads: int):
+                 max_steps: int | None, seed: int, torch_threads: int, reward: str = "sparse"):
         from vla.eval.ray_sweep import RaySweepError, connect, shard_nodes
 
         try:
@@ -145,7 +145,7 @@ class RayEnvPool:
         files = self.ray.put(policy_files(policy))
         self.options = dict(num_cpus=workers, max_restarts=MAX_ACTOR_ATTEMPTS - 1, max_task_retries=0,
                             scheduling_strategy="SPREAD")
-        self.args = (files, workers, image_size, sim, max_steps, seed, torch_threads)
+        self.args = (files, workers, image_size, sim, max_steps, seed, torch_threads, reward)
         remote = self.ray.remote(RolloutActor).options(**self.options)
         self.actors = [remote.remote(*self.args) for _ in range(self.count)]
         self.nodes: list[str] = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sim.base import check_reward_mode
 from sim.worker import CAMERAS, EnvError, EnvSpec, EnvWorker, WorkerCrashed
 
 MAX_ATTEMPTS = 3
@@ -85,10 +86,12 @@ class EnvPool:
     """Env workers kept alive across RL iterations (building a LIBERO scene takes seconds)."""
 
     def __init__(self, workers: int, image_size: int, sim: str = "libero", max_steps: int | None = None,
-                 seed: int = 7, timeout_s: float = 120.0):
+                 seed: int = 7, timeout_s: float = 120.0, reward: str = "sparse"):
         if workers < 1:
             raise ValueError(f"rl.workers must be >= 1, got {workers}")
+        check_reward_mode(reward)
         self.sim, self.image_size, self.max_steps, self.seed = sim, image_size, max_steps, seed
+        self.reward = reward  # sparse: 1 on success; dense: the env's own per-step reward (success included)
         self.slots = [_Slot(EnvWorker(image_size, timeout_s)) for _ in range(workers)]
 
     def close(self) -> None:
@@ -144,9 +147,12 @@ class EnvPool:
                     continue
                 env_steps += 1
                 episode.steps += 1
+                if self.reward == "dense":
+                    episode.decisions[-1].reward += float(reply["reward"])
                 if reply["done"]:
                     episode.success = True
-                    episode.decisions[-1].reward += 1.0
+                    if self.reward == "sparse":
+                        episode.decisions[-1].reward += 1.0
                 if reply["done"] or episode.steps >= slot.max_steps:
                     finished[k] = episode
                     slot.episode = None
@@ -155,7 +161,7 @@ class EnvPool:
         return [finished[k] for k in sorted(finished)], stats
 
     def _start(self, slot: _Slot, planned: PlannedEpisode) -> None:
-        spec = EnvSpec(self.sim, planned.suite, planned.task, self.image_size, self.max_steps, self.seed)
+        spec = EnvSpec(self.sim, planned.suite, planned.task, self.image_size, self.max_steps, self.seed, self.reward)
         reply = slot.worker.reset(spec, planned.init_state, seed=planned.seed)  # same env, this episode's seed
         slot.episode = EpisodeRollout(planned, reply["instruction"])
         slot.max_steps = int(reply["max_steps"])

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 import sim
+from sim.base import REWARD_MODES
 from vla.checkpoint import latest_checkpoint, load_policy, load_training_state, save_training_checkpoint
 from vla.config import ConfigError, ExperimentConfig, merge, parse_overrides, to_yaml
 from vla.devices import Dist, pick_device, setup_distributed
@@ -103,6 +104,21 @@ def _check(cfg: ExperimentConfig) -> None:
         raise ConfigError("rl.overlap pipelines on-policy updates; td3 already reuses old data (set rl.overlap=false)")
 
 
+def _check_reward(cfg: ExperimentConfig, tasks: list[tuple[str, int]]) -> None:
+    """Refuse a reward mode the RL tasks cannot give before any env worker is built (in a worker the
+    error would read as a simulator crash)."""
+    if cfg.rl.reward not in REWARD_MODES:
+        raise ConfigError(f"rl.reward must be one of {REWARD_MODES}, got {cfg.rl.reward!r}")
+    if cfg.rl.reward == "dense" and cfg.sim == "libero":
+        from sim.libero_progress import pick_place_goal
+
+        for suite, task in tasks:
+            try:
+                pick_place_goal(suite, task)
+            except ValueError as err:
+                raise ConfigError(f"rl.reward=dense: {err}") from err
+
+
 def evaluate(policy, cfg: ExperimentConfig, tasks: list[tuple[str, int]], out: Path) -> dict:
     """The fixed evaluation set: init states 0.. of each RL task, once per seed in rl.eval_seeds
     (the seed sets the sim's reset and the policy's sampling noise). Each pass is a resumable sweep."""
@@ -140,6 +156,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
     tasks = [(cfg.demos.suite, t) for t in (rl.tasks or cfg.demos.tasks)]
+    _check_reward(cfg, tasks)
     init_states = rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
     reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
     offpolicy = ResidualTD3(policy, rl) if rl.algo == "td3" else None
@@ -265,13 +282,13 @@ def _pool(policy, cfg: ExperimentConfig):
     """Local env workers, or rollout actors on a Ray cluster (rl.ray)."""
     rl = cfg.rl
     if not rl.ray:
-        return EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed)
+        return EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed, reward=rl.reward)
     if rl.ray_actors < 0:
         raise ConfigError(f"rl.ray_actors must be >= 0 (0 = one per node), got {rl.ray_actors}")
     from vla.rl.ray_rollout import RayEnvPool
 
     return RayEnvPool(policy, rl.ray, rl.ray_actors, rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps,
-                      cfg.eval.seed, torch_threads=1)
+                      cfg.eval.seed, torch_threads=1, reward=rl.reward)
 
 
 def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode],
