@@ -65,3 +65,20 @@ def test_shard_directories_merge_into_one_report_and_overlaps_are_refused(tmp_pa
     _write(tmp_path / "s2", [_row(0, 1, False)])
     with pytest.raises(ValueError, match="more than one shard"):
         merge_shards([tmp_path / "s1", tmp_path / "s2"], tmp_path / "bad")
+
+
+def test_compare_reads_rl_evaluations_and_tests_the_shared_episodes(tmp_path):
+    # an RL evaluation directory: one sweep per scene seed; init state 0 under seed 7 and 8 are two episodes
+    before, after = tmp_path / "eval_0000", tmp_path / "eval_0006"
+    for seed in (7, 8):
+        _write(before / f"seed_{seed}", [_row(0, i, i == 0) for i in range(5)])
+        _write(after / f"seed_{seed}", [_row(0, i, i < 4) for i in range(5)])
+    table = compare(before, after)
+    assert "| overall | 20.0% (2/10, 95% CI" in table and "80.0% (8/10" in table and "+60.0 pt" in table
+    assert "Paired on the 10 episodes both ran: 6 failure->success, 0 success->failure, 2 both succeed, 2 both fail" in table
+    assert "McNemar p = 0.0312" in table
+    other_seed = tmp_path / "eval_other"
+    _write(other_seed / "seed_9", [_row(0, i, True) for i in range(5)])
+    assert "no paired test" in compare(before, other_seed)
+    with pytest.raises(FileNotFoundError, match="no episodes.jsonl and no seed_"):
+        compare(before, tmp_path / "missing")

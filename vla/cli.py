@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="shard the sweep over a running Ray cluster: auto or <head ip>:6379 (RAY=; ray extra)")
     sw.add_argument("--ray-shards", type=int, default=None, help="with --ray: shards (default: one per node)")
     sw.add_argument("--out", default=None, help="results directory (default: <ckpt>/sweep_<suite>)")
-    sw.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two sweeps' results side by side")
+    sw.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two sweeps' (or RL evaluations', eval_NNNN) results side by side, with the "
+                    "paired McNemar test on the episodes both ran")
     sw.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="merge shard directories into --out and report")
     sv = sub.add_parser("serve", help="serve a checkpoint over websocket + msgpack (openpi protocol)")
     sv.add_argument("--ckpt", required=True)

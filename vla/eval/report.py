@@ -1,5 +1,6 @@
 """Sweep report: per-task and per-suite success with 95% Wilson intervals and episode lengths, as
-JSON, CSV and markdown with one PNG bar chart per suite; `compare` puts two sweeps side by side."""
+JSON, CSV and markdown with one PNG bar chart per suite; `compare` puts two sweeps side by side
+and tests the change on the episodes they share."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla.eval.stats import wilson_interval
+from vla.eval.stats import paired_outcomes, wilson_interval
 from vla.eval.sweep import EPISODES_FILE, read_results
 
 
@@ -22,8 +23,26 @@ def summarize_rows(rows: list[dict]) -> dict:
             "errors": len(rows) - len(ok)}
 
 
+def read_evaluation(out: Path) -> dict[str, dict]:
+    """Finished episodes of a sweep directory, or of an RL evaluation (`eval_NNNN/seed_S/`, one sweep
+    per scene seed; keys get a `seed_S/` prefix so that the same init state under two seeds stays two
+    episodes). Anything else is an error rather than an empty result."""
+    if (out / EPISODES_FILE).exists():
+        return read_results(out)
+    seed_dirs = sorted(d for d in out.glob("seed_*") if (d / EPISODES_FILE).exists())
+    if not seed_dirs:
+        raise FileNotFoundError(f"{out} holds no {EPISODES_FILE} and no seed_*/{EPISODES_FILE}; expected a sweep "
+                                "directory or an RL evaluation directory (eval_NNNN)")
+    return {f"{d.name}/{key}": row for d in seed_dirs for key, row in read_results(d).items()}
+
+
+def episode_successes(out: Path) -> dict[str, bool]:
+    """Success of every episode that finished (status ok), by episode key."""
+    return {key: bool(row.get("success")) for key, row in read_evaluation(out).items() if row.get("status") == "ok"}
+
+
 def summarize_sweep(out: Path) -> dict:
-    rows = list(read_results(out).values())
+    rows = list(read_evaluation(out).values())
     videos: dict[str, list[str]] = defaultdict(list)
     for r in rows:
         if r.get("video"):
@@ -125,13 +144,25 @@ def merge_shards(shards: list[Path], out: Path) -> dict:
 
 
 def compare(a: Path, b: Path) -> str:
-    """Markdown table of two sweeps' per-suite and per-task success, side by side."""
+    """Markdown table of two sweeps' (or RL evaluations') per-suite and per-task success, side by side,
+    then the paired test on the episodes both ran: the same task, init state and seed is the same
+    scene, so episodes that both policies solve or both fail say nothing about the difference."""
     sa, sb = summarize_sweep(a), summarize_sweep(b)
     lines = [f"| | {a} | {b} | difference |", "|---|---|---|---|"]
+    o = lambda s: f"{_pct(s['success_rate'])} ({s['successes']}/{s['episodes']}, 95% CI {_pct(s['ci95'][0])}-{_pct(s['ci95'][1])})"  # noqa: E731
+    lines.append(f"| overall | {o(sa['overall'])} | {o(sb['overall'])} | "
+                 f"{100 * (sb['overall']['success_rate'] - sa['overall']['success_rate']):+.1f} pt |")
     for level in ("suites", "tasks"):
         for key in sorted(set(sa[level]) | set(sb[level])):
             ra, rb = sa[level].get(key), sb[level].get(key)
             cell = lambda s: f"{_pct(s['success_rate'])} ({s['successes']}/{s['episodes']})" if s else "-"  # noqa: E731
             diff = f"{100 * (rb['success_rate'] - ra['success_rate']):+.1f} pt" if ra and rb else "-"
             lines.append(f"| {key} | {cell(ra)} | {cell(rb)} | {diff} |")
+    try:
+        p = paired_outcomes(episode_successes(a), episode_successes(b))
+        lines += ["", f"Paired on the {p['episodes']} episodes both ran: {p['gained']} failure->success, {p['lost']} "
+                      f"success->failure, {p['both']} both succeed, {p['neither']} both fail "
+                      f"(exact McNemar p = {p['mcnemar_p']:.3g})."]
+    except ValueError:  # different episode sets (other tasks or seeds): only the unpaired table applies
+        lines += ["", "No episode in common (different tasks, init states or seeds): no paired test."]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from vla.config import ExperimentConfig
+from vla.eval.report import episode_successes
 from vla.eval.stats import paired_outcomes
 
 
@@ -41,15 +42,6 @@ def write_rl_report(out: Path, state: dict, cfg: ExperimentConfig, checkpoint: P
     (out / "report.md").write_text("\n".join(lines))
     print(f"[rl] before {_fmt(evals[first])} -> after {_fmt(evals[last])}; report in {out / 'report.md'}", flush=True)
     return summary
-
-
-def episode_successes(eval_dir: Path) -> dict[str, bool]:
-    """Success of every finished episode of one evaluation, keyed by seed and episode key."""
-    from vla.eval.sweep import read_results
-
-    return {f"{seed_dir.name}/{key}": bool(row.get("success"))
-            for seed_dir in sorted(eval_dir.glob("seed_*")) for key, row in read_results(seed_dir).items()
-            if row.get("status") == "ok"}
 
 
 def _fmt_paired(p: dict) -> str:
