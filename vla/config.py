@@ -73,6 +73,9 @@ class HeadConfig:
     num_bins: int = 256  # token outputs: uniform bins on [-1, 1]
     oft_output: str = "l1"  # oft: l1 (continuous regression) | tokens (bin tokens decoded in parallel)
     rl_temperature: float = 1.0  # token heads: sampling temperature for RL exploration (and its log-probs)
+    # token heads: RL learns one temperature per action dimension (from rl_temperature), as Gaussian PPO
+    # learns its log-std (vla/heads/temperature.py); its Adam rate is rl.temperature_lr
+    learn_temperature: bool = False
     expert_width: int = 0  # flow/diffusion action expert width; 0 = half the backbone width
     value_head: bool = False  # a critic on the prefix features (PPO)
     # what eval, sweeps and serving act with: the head's deterministic sample (argmax bins, eta=0 DDIM,
@@ -185,6 +188,7 @@ class RLConfig:
     minibatch_size: int = 32  # decisions per gradient step
     lr: float = 1e-5  # policy (actor) learning rate
     critic_lr: float = 3e-4
+    temperature_lr: float = 0.01  # head.learn_temperature: Adam rate of the per-dimension log-temperatures
     max_grad_norm: float = 1.0
     # trust region: end the update when a minibatch's chunk-level KL to the sampling policy exceeds
     # 1.5x this (nats per chunk decision); null = no limit (clipping only)

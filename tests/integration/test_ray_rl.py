@@ -25,7 +25,7 @@ def test_grpo_rollouts_on_two_ray_actors_feed_the_local_learner(ray_address, tmp
            "rl.algo=grpo", "rl.iterations=2", "rl.episodes_per_iter=4", "rl.group_size=2", "rl.filter_groups=false",
            "rl.max_steps=16", "rl.eval_episodes_per_task=1", "rl.workers=1", "rl.torch_threads=1",
            f"rl.ray={ray_address}", "rl.ray_actors=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "2 rollout actor(s) of 1 env workers" in done.stdout

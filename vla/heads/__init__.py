@@ -16,16 +16,19 @@ def _expert_width(cfg: HeadConfig, backbone: Backbone) -> int:
 
 def build_head(cfg: HeadConfig, backbone: Backbone, _type: str | None = None) -> ActionHead:
     kind = _type or cfg.type
+    if cfg.learn_temperature and not (kind == "tokenized" or (kind == "oft" and cfg.oft_output == "tokens")):
+        raise ValueError(f"head.learn_temperature needs a bin-token head (tokenized, or oft with "
+                         f"oft_output=tokens); head '{kind}' (oft_output={cfg.oft_output}) samples no bins")
     if kind == "oft":
         from vla.heads.oft import OFTHead
 
         return OFTHead(backbone.hidden_size, cfg.chunk_size, cfg.action_dim, cfg.hidden_dim, cfg.oft_output,
-                       backbone.vocab_size, cfg.num_bins, cfg.rl_temperature)
+                       backbone.vocab_size, cfg.num_bins, cfg.rl_temperature, cfg.learn_temperature)
     if kind == "tokenized":
         from vla.heads.tokenized import TokenizedHead
 
         return TokenizedHead(backbone.hidden_size, backbone.vocab_size, cfg.chunk_size, cfg.action_dim, cfg.num_bins,
-                             cfg.rl_temperature)
+                             cfg.rl_temperature, cfg.learn_temperature)
     if kind == "flow":
         from vla.heads.flow import FlowHead
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla.heads.base import ActionHead, RLSample, masked_mean
+from vla.heads.temperature import TokenTemperature
 from vla.heads.tokenized import ActionTokenizer, categorical_sample, token_scores
 from vla.sequence import Prefix
 
@@ -41,7 +42,8 @@ OUTPUTS = ("l1", "tokens")
 
 class OFTHead(ActionHead):
     def __init__(self, hidden_size: int, chunk_size: int, action_dim: int, mlp_dim: int, output: str = "l1",
-                 vocab_size: int = 0, num_bins: int = 256, temperature: float = 1.0):
+                 vocab_size: int = 0, num_bins: int = 256, temperature: float = 1.0,
+                 learn_temperature: bool = False):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"head.oft_output '{output}' is unknown; valid: {', '.join(OUTPUTS)}")
@@ -51,7 +53,7 @@ class OFTHead(ActionHead):
             self.mlp = ResidualMLP(action_dim * hidden_size, mlp_dim, action_dim)
         else:
             self.tokens = ActionTokenizer(num_bins, vocab_size)
-            self.temperature = temperature
+            self.temperature = TokenTemperature(action_dim, temperature, learn_temperature)
             self.rl_quantity = "per-token log-probs of the parallel-decoded bins"
 
     def _slot_hidden(self, prefix: Prefix) -> torch.Tensor:
@@ -89,7 +91,7 @@ class OFTHead(ActionHead):
     def sample_rl(self, prefix, generator=None):
         if self.output == "l1":
             raise NotImplementedError(self._no_rl())
-        logits = self.bin_logits(prefix) / self.temperature
+        logits = self.temperature(self.bin_logits(prefix))
         bins = categorical_sample(logits, generator)
         log_prob = torch.log_softmax(logits, -1).gather(-1, bins[..., None]).squeeze(-1).sum(-1)
         actions = self.tokens.from_bins(bins).reshape(-1, self.chunk_size, self.action_dim)
@@ -98,5 +100,5 @@ class OFTHead(ActionHead):
     def evaluate(self, prefix, record):
         if self.output == "l1":
             raise NotImplementedError(self._no_rl())
-        lp, ent = token_scores(self.bin_logits(prefix) / self.temperature, record["bins"])
+        lp, ent = token_scores(self.temperature(self.bin_logits(prefix)), record["bins"])
         return lp.sum(-1), ent.sum(-1)

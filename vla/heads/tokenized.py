@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla.heads.base import ActionHead, RLSample, masked_mean
+from vla.heads.temperature import TokenTemperature
 from vla.sequence import Prefix
 
 
@@ -53,9 +54,9 @@ class TokenizedHead(ActionHead):
     rl_quantity = "per-token log-probs of the autoregressive bins"
 
     def __init__(self, hidden_size: int, vocab_size: int, chunk_size: int, action_dim: int, num_bins: int,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, learn_temperature: bool = False):
         super().__init__()
-        self.temperature = temperature
+        self.temperature = TokenTemperature(action_dim, temperature, learn_temperature)
         self.chunk_size, self.action_dim = chunk_size, action_dim
         self.tokens = ActionTokenizer(num_bins, vocab_size)
         # stands where OpenVLA's last prompt token stands; a learned slot is position-independent
@@ -95,7 +96,7 @@ class TokenizedHead(ActionHead):
     def evaluate(self, prefix, record):
         bins = record["bins"]
         logits = self._bin_logits_given(prefix, bins)
-        lp, ent = token_scores(logits / self.temperature, bins)
+        lp, ent = token_scores(self.temperature(logits), bins)
         return lp.sum(-1), ent.sum(-1)
 
     @torch.no_grad()
@@ -107,7 +108,7 @@ class TokenizedHead(ActionHead):
         bins, log_prob = [], torch.zeros(b, device=prefix.embeds.device)
         for step in range(self.n_tokens):
             hidden = prefix.step_cached(cache, token_in, step)
-            logits = self._bin_logits(prefix, hidden[:, -1]) / self.temperature
+            logits = self.temperature.at(self._bin_logits(prefix, hidden[:, -1]), step)
             nxt = categorical_sample(logits, generator) if stochastic else logits.argmax(-1)
             log_prob += torch.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
             bins.append(nxt)

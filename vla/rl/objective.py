@@ -69,13 +69,18 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 
 def make_optimizer(policy, cfg: RLConfig) -> torch.optim.Optimizer:
     critic = list(policy.value_head.parameters()) if policy.value_head is not None else []
-    critic_ids = {id(p) for p in critic}
-    actor = [p for p in policy.parameters() if p.requires_grad and id(p) not in critic_ids]
+    # a learned sampling temperature: a handful of fresh numbers that want a rate of their own, like
+    # Gaussian PPO's log-std (at the actor's 1e-5 they would take ~10^4 steps to move by 0.1)
+    temperature = [p for n, p in policy.named_parameters() if n.endswith("log_temperature") and p.requires_grad]
+    own = {id(p) for p in critic + temperature}
+    actor = [p for p in policy.parameters() if p.requires_grad and id(p) not in own]
     if not actor:
         raise ValueError("the policy has no trainable actor parameters")
     groups = [{"params": actor, "lr": cfg.lr, "name": "actor"}]
     if critic:
         groups.append({"params": critic, "lr": cfg.critic_lr, "name": "critic"})
+    if temperature:
+        groups.append({"params": temperature, "lr": cfg.temperature_lr, "name": "temperature"})
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 

@@ -15,6 +15,7 @@ noise is seeded per (iteration, actor), so a run is reproducible for the same nu
 """
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import tempfile
@@ -197,4 +198,9 @@ class RayEnvPool:
             except Exception:  # noqa: BLE001 - an actor already gone has nothing to close
                 pass
             self.ray.kill(actor)
+        # no actor handle or object ref of ours may outlive the connection: one collected after
+        # ray.shutdown() calls into the torn-down core worker (a driver segfaulted so, in the
+        # evaluation that follows the last rollout)
+        self.actors = []
+        gc.collect()
         self.ray.shutdown()  # this pool connected (connect() never starts a cluster)

@@ -32,7 +32,7 @@ from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
 
 ALGOS = {"ppo": ppo, "grpo": grpo, "td3": None}  # td3: off-policy, its own learner (vla.rl.td3)
 # parameters a BC checkpoint may lack: a fresh critic, Flow-Noise's learned std, a residual's own net
-FRESH = ("value_head.", "head.noise_std.", "head.mean_net.", "head.log_std")
+FRESH = ("value_head.", "head.noise_std.", "head.mean_net.", "head.log_std", "head.temperature.")
 
 
 def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str]) -> Policy:
@@ -324,7 +324,10 @@ def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode
 def _timed_update(policy, batch, optimizer, rl, generator, **kwargs) -> dict:
     tic = time.perf_counter()
     logs = update(policy, batch, optimizer, rl, generator, **kwargs)
-    return {**logs, "decisions": len(batch) if batch is not None else 0, "update_s": round(time.perf_counter() - tic, 1)}
+    learned = getattr(getattr(policy.head, "temperature", None), "learned", False)
+    temperature = {"temperature": policy.head.temperature.values()} if learned else {}
+    return {**logs, **temperature, "decisions": len(batch) if batch is not None else 0,
+            "update_s": round(time.perf_counter() - tic, 1)}
 
 
 def _timed_td3(learner: ResidualTD3, episodes, generator: torch.Generator, train_actor: bool) -> dict:
