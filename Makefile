@@ -66,18 +66,19 @@ rl-demo-residual:
 
 # The token-PPO demonstration: OpenVLA-OFT with bin-token outputs (head.oft_output=tokens: 56
 # categorical tokens per chunk, decoded in parallel) behaviour-cloned for 1,500 steps, then 10 PPO
-# iterations on the tokens' log-probs with a critic on the backbone features. Each gradient step
-# takes the whole iteration's batch (rl.minibatch_size above the ~400 decisions of 16 episodes): with
-# 32-decision minibatches the trust region stopped updates after 2-6 steps, each following the
-# advantages of about two episodes, and the policy drifted. Evaluated before and after with sampled
-# bins (the policy RL trains) on the same 100 episodes (init states 0-9 x seeds 7-16; the seed fixes
-# the scene's fixture placement and the sampling noise).
-RL_DEMO_TOKENS_ARGS ?= rl.algo=ppo rl.iterations=10 rl.episodes_per_iter=16 rl.lr=3e-6 rl.minibatch_size=512 \
-	rl.critic_warmup=1 rl.epochs=4 rl.target_kl=0.3 "rl.init_states=[0,1,2,3,4,5,6,7,8,9]" rl.eval_episodes_per_task=10 \
+# iterations of 16 episodes on the tokens' log-probs with a critic on the backbone features, the dense
+# progress reward, and a sampling temperature per action dimension that RL learns
+# (head.learn_temperature; the BC policy's sampled bins succeed half as often as its argmax). Each
+# gradient step takes the whole iteration's batch (rl.minibatch_size above the ~400 decisions of 16
+# episodes). Evaluated before and after with sampled bins (the policy RL trains) on the same 100
+# episodes (init states 0-9 x seeds 7-16; the seed fixes the scene's fixture placement).
+RL_DEMO_TOKENS_ARGS ?= rl.algo=ppo rl.reward=dense rl.iterations=10 rl.episodes_per_iter=16 rl.lr=1e-5 \
+	rl.minibatch_size=512 rl.critic_warmup=1 rl.epochs=4 rl.target_kl=0.5 head.learn_temperature=true \
+	rl.temperature_lr=0.02 "rl.init_states=[0,1,2,3,4,5,6,7,8,9]" rl.eval_episodes_per_task=10 \
 	"rl.eval_seeds=[7,8,9,10,11,12,13,14,15,16]" head.sampler=stochastic
 rl-demo-tokens:
 	test -d runs/oft_tokens/checkpoints/step_0001500 || $(VLA) train --policy openvla_oft --sim $(SIM) head.oft_output=tokens output_dir=runs/oft_tokens
-	$(VLA) rl --policy openvla_oft --sim $(SIM) --ckpt runs/oft_tokens/checkpoints/step_0001500 output_dir=runs/rl_demo_oft_tokens_ppo_fullbatch $(RL_DEMO_TOKENS_ARGS)
+	$(VLA) rl --policy openvla_oft --sim $(SIM) --ckpt runs/oft_tokens/checkpoints/step_0001500 output_dir=runs/rl_demo_oft_tokens_temp $(RL_DEMO_TOKENS_ARGS)
 
 # Real robot: the policy server and the deployment daemon, each its own process (see README "Real robot").
 .PHONY: serve deploy

@@ -197,8 +197,7 @@ class LiberoEnv:
         self._needs_reset = True
         self._render = True  # read by the gated camera sensors (see _gate_cameras)
         self._last_frames: dict[str, np.ndarray] = {}
-        # dense: success + the change of a progress potential (sim/libero_progress.py), for RL
-        self.reward_mode = reward
+        # dense reward (goal given): success + the change of a progress potential (sim/libero_progress.py)
         self._progress = PickPlaceProgress(self._env, goal) if goal is not None else None
         self._potential = 0.0
 

@@ -253,7 +253,6 @@ class ManiSkillEnv:
         if self.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
         self.seed, self.image_size = seed, image_size
-        self.reward_mode = reward
         self._batch = ManiSkillBatch(self.task_id, 1, image_size, backend="cpu", reward=reward)
         self._steps, self._random_resets = 0, 0
         self._needs_reset = True

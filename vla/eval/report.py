@@ -143,21 +143,26 @@ def merge_shards(shards: list[Path], out: Path) -> dict:
     return write_report(out, {"merged_from": [str(s) for s in shards]})
 
 
+def _cell(s: dict | None, with_ci: bool) -> str:
+    """'56.0% (56/100)' for one summary row, with its 95% CI if asked; '-' where the run lacks it."""
+    if not s:
+        return "-"
+    ci = f", 95% CI {_pct(s['ci95'][0])}-{_pct(s['ci95'][1])}" if with_ci else ""
+    return f"{_pct(s['success_rate'])} ({s['successes']}/{s['episodes']}{ci})"
+
+
 def compare(a: Path, b: Path) -> str:
     """Markdown table of two sweeps' (or RL evaluations') per-suite and per-task success, side by side,
     then the paired test on the episodes both ran: the same task, init state and seed is the same
     scene, so episodes that both policies solve or both fail say nothing about the difference."""
     sa, sb = summarize_sweep(a), summarize_sweep(b)
     lines = [f"| | {a} | {b} | difference |", "|---|---|---|---|"]
-    o = lambda s: f"{_pct(s['success_rate'])} ({s['successes']}/{s['episodes']}, 95% CI {_pct(s['ci95'][0])}-{_pct(s['ci95'][1])})"  # noqa: E731
-    lines.append(f"| overall | {o(sa['overall'])} | {o(sb['overall'])} | "
-                 f"{100 * (sb['overall']['success_rate'] - sa['overall']['success_rate']):+.1f} pt |")
-    for level in ("suites", "tasks"):
-        for key in sorted(set(sa[level]) | set(sb[level])):
-            ra, rb = sa[level].get(key), sb[level].get(key)
-            cell = lambda s: f"{_pct(s['success_rate'])} ({s['successes']}/{s['episodes']})" if s else "-"  # noqa: E731
-            diff = f"{100 * (rb['success_rate'] - ra['success_rate']):+.1f} pt" if ra and rb else "-"
-            lines.append(f"| {key} | {cell(ra)} | {cell(rb)} | {diff} |")
+    rows = [("overall", sa["overall"], sb["overall"], True)]
+    rows += [(key, sa[level].get(key), sb[level].get(key), False)
+             for level in ("suites", "tasks") for key in sorted(set(sa[level]) | set(sb[level]))]
+    for key, ra, rb, with_ci in rows:
+        diff = f"{100 * (rb['success_rate'] - ra['success_rate']):+.1f} pt" if ra and rb else "-"
+        lines.append(f"| {key} | {_cell(ra, with_ci)} | {_cell(rb, with_ci)} | {diff} |")
     try:
         p = paired_outcomes(episode_successes(a), episode_successes(b))
         lines += ["", f"Paired on the {p['episodes']} episodes both ran: {p['gained']} failure->success, {p['lost']} "

@@ -31,7 +31,7 @@ from vla.rl.td3 import ResidualTD3
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
 
 ALGOS = {"ppo": ppo, "grpo": grpo, "td3": None}  # td3: off-policy, its own learner (vla.rl.td3)
-# parameters a BC checkpoint may lack: a fresh critic, Flow-Noise's learned std, a residual's own net
+# parameters a BC checkpoint may lack: a fresh critic, Flow-Noise's std, a residual's own net, a learned temperature
 FRESH = ("value_head.", "head.noise_std.", "head.mean_net.", "head.log_std", "head.temperature.")
 
 
