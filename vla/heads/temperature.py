@@ -28,25 +28,24 @@ class TokenTemperature(nn.Module):
         if learned:
             self.log_temperature = nn.Parameter(torch.full((action_dim,), math.log(initial)))
 
-    def per_token(self, n_tokens: int) -> torch.Tensor | float:
-        """Temperatures of tokens 0..n_tokens-1, whose action dimension is token % action_dim."""
-        if not self.learned:
-            return self.initial
-        log_t = self.log_temperature.clamp(-LOG_T_BOUND, LOG_T_BOUND)
-        return log_t.exp().repeat(n_tokens // self.action_dim + 1)[:n_tokens]
+    def per_dim(self) -> torch.Tensor | None:
+        """The learned temperature of each action dimension (bounded); None when it is fixed."""
+        return self.log_temperature.clamp(-LOG_T_BOUND, LOG_T_BOUND).exp() if self.learned else None
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, n_tokens, K) bin logits divided by each token's temperature."""
-        t = self.per_token(logits.shape[-2])
-        return logits / (t[:, None] if isinstance(t, torch.Tensor) else t)
+        """(B, n_tokens, K) bin logits divided by each token's temperature (token t is dimension t % action_dim)."""
+        t = self.per_dim()
+        if t is None:
+            return logits / self.initial
+        n = logits.shape[-2]
+        return logits / t.repeat(n // self.action_dim + 1)[:n, None]
 
     def at(self, logits: torch.Tensor, token: int) -> torch.Tensor:
         """(B, K) logits of token number `token` (autoregressive decoding) divided by its temperature."""
-        t = self.per_token(token + 1)
-        return logits / (t[token] if isinstance(t, torch.Tensor) else t)
+        t = self.per_dim()
+        return logits / (self.initial if t is None else t[token % self.action_dim])
 
     def values(self) -> list[float]:
         """The current temperature of each action dimension (for the RL log)."""
-        if not self.learned:
-            return [self.initial] * self.action_dim
-        return [round(float(v), 4) for v in self.log_temperature.detach().clamp(-LOG_T_BOUND, LOG_T_BOUND).exp()]
+        t = self.per_dim()
+        return [self.initial] * self.action_dim if t is None else [round(float(v), 4) for v in t.detach()]
