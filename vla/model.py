@@ -13,6 +13,7 @@ from vla.backbones import build_backbone
 from vla.config import ExperimentConfig
 from vla.data.transforms import PromptEncoder, images_to_pixels, random_shift
 from vla.heads import RLSample, build_head
+from vla.heads.noise import Noise
 from vla.heads.value import ValueHead
 from vla.normalize import Normalizer
 from vla.sequence import Prefix
@@ -77,7 +78,7 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def act(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str],
-            generator: torch.Generator | None = None) -> np.ndarray:
+            generator: Noise = None) -> np.ndarray:
         """Raw env actions (B, chunk, action_dim) for a batch of observations, drawn with the
         sampler `head.sampler` names."""
         prefix = self.build_prefix(images, state, instructions)
@@ -89,7 +90,7 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def act_rl(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str],
-               generator: torch.Generator | None = None) -> tuple[np.ndarray, RLSample, torch.Tensor | None]:
+               generator: Noise = None) -> tuple[np.ndarray, RLSample, torch.Tensor | None]:
         """Exploratory raw env actions, the head's RL sample (normalized, with its record) and the
         critic's value when there is one."""
         prefix = self.build_prefix(images, state, instructions)

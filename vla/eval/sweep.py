@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from sim.worker import CAMERAS, EnvError, EnvSpec, EnvWorker, WorkerCrashed
+from vla.heads.noise import EpisodeNoise, stream_seed
 
 EPISODES_FILE = "episodes.jsonl"
 MAX_ATTEMPTS = 3  # an episode whose worker crashes this often is reported as an error, not a result
@@ -55,6 +55,9 @@ class Protocol:
     replan_steps: int = 8
     image_size: int = 128
     videos_per_outcome: int = 2  # mp4s kept per task for successes and for failures (0 = none)
+    # how sampling heads draw noise: one stream per (episode, step), shared by every policy evaluated on the
+    # episode. A sweep directory written with the older per-batch noise (no such field) is not resumed into.
+    noise: str = "per_episode"
 
 
 LIBERO_ALL = "libero_130"  # LIBERO's five suites, 130 tasks
@@ -326,11 +329,11 @@ def _act(policy, slots: list[_Slot], cam_index: list[int], protocol: Protocol) -
         img, state = slot.worker.observation()
         images.append(img[cam_index])
         states.append(state)
-    # one noise stream per call, seeded from the episodes and their step, so reruns match
-    words = json.dumps([(s.episode.key, s.steps) for s in slots]).encode()
-    generator = torch.Generator().manual_seed(protocol.seed * 1_000_003 + zlib.crc32(words))
+    # one noise stream per episode and step: an episode draws the same numbers whichever episodes share its
+    # batch, and every policy evaluated on it draws them too (common random numbers)
+    noise = EpisodeNoise([stream_seed(protocol.seed, s.episode.key, s.steps) for s in slots])
     chunks = policy.act(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(states)),
-                        [s.instruction for s in slots], generator)
+                        [s.instruction for s in slots], noise)
     for slot, chunk in zip(slots, chunks):
         slot.queue.extend(np.clip(chunk[:protocol.replan_steps], -1.0, 1.0))
 

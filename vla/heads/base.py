@@ -9,6 +9,9 @@ RL contract: `sample_rl` draws an exploratory chunk and returns an `RLSample` wh
 whatever the head needs to score that chunk again later (bin ids, a denoising chain, the base
 action); `evaluate(prefix, record)` recomputes, with gradients, the log-probability of what was
 sampled and an entropy estimate. What "log-probability" means is head-specific (`rl_quantity`).
+
+Sampling noise (`generator`) is one torch.Generator for the batch or an `EpisodeNoise` with one stream per
+row; heads draw it through `vla.heads.noise`, which handles both.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vla.heads.noise import Noise
 from vla.sequence import Prefix
 
 
@@ -40,11 +44,11 @@ class ActionHead(nn.Module):
         """Behaviour-cloning loss. `pad` (B, chunk) marks steps past the episode end (not supervised)."""
         raise NotImplementedError
 
-    def sample(self, prefix: Prefix, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, prefix: Prefix, generator: Noise = None) -> torch.Tensor:
         """The action chunk (B, chunk, action_dim) for evaluation/deployment."""
         raise NotImplementedError
 
-    def sample_rl(self, prefix: Prefix, generator: torch.Generator | None = None) -> RLSample:
+    def sample_rl(self, prefix: Prefix, generator: Noise = None) -> RLSample:
         """An exploratory chunk plus what is needed to score it again."""
         raise NotImplementedError(self._no_rl())
 

@@ -6,13 +6,8 @@ from __future__ import annotations
 import torch
 
 from vla.heads.base import RLSample, gaussian_entropy, gaussian_log_prob
+from vla.heads.noise import Noise, normal
 from vla.sequence import Prefix
-
-
-def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Normal noise drawn on the generator's device (reproducible), returned on `device`."""
-    gdev = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gdev).to(device)
 
 
 class GaussianChain:
@@ -26,16 +21,16 @@ class GaussianChain:
     def step_distribution(self, prefix: Prefix, x: torch.Tensor, step) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def initial_noise(self, prefix: Prefix, generator: torch.Generator | None) -> torch.Tensor:
-        return randn((prefix.embeds.shape[0], self.chunk_size, self.action_dim), generator, prefix.embeds.device)
+    def initial_noise(self, prefix: Prefix, generator: Noise) -> torch.Tensor:
+        return normal((prefix.embeds.shape[0], self.chunk_size, self.action_dim), generator, prefix.embeds.device)
 
     @torch.no_grad()
-    def sample_rl(self, prefix: Prefix, generator: torch.Generator | None = None) -> RLSample:
+    def sample_rl(self, prefix: Prefix, generator: Noise = None) -> RLSample:
         x = self.initial_noise(prefix, generator)
         chain, log_prob = [x], torch.zeros(x.shape[0], device=x.device)
         for step in self.chain_steps():
             mean, std = self.step_distribution(prefix, x, step)
-            x = mean + std * randn(mean.shape, generator, mean.device)
+            x = mean + std * normal(mean.shape, generator, mean.device)
             log_prob += gaussian_log_prob(x, mean, std).flatten(1).sum(-1)
             chain.append(x)
         return RLSample(x, log_prob, {"chain": torch.stack(chain, 1)})

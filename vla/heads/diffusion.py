@@ -17,7 +17,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from vla.backbones.base import Backbone
 from vla.config import DiffusionConfig
 from vla.heads.base import ActionHead, masked_mean
-from vla.heads.chain import GaussianChain, randn
+from vla.heads.chain import GaussianChain
+from vla.heads.noise import normal
 from vla.heads.expert import ActionExpert
 from vla.sequence import Prefix
 
@@ -48,7 +49,7 @@ class DiffusionHead(GaussianChain, ActionHead):
 
     def loss(self, prefix, actions, pad, generator=None):
         b, dev = actions.shape[0], actions.device
-        noise = randn(actions.shape, generator, dev)
+        noise = normal(actions.shape, generator, dev)
         gdev = generator.device if generator is not None else dev
         timesteps = torch.randint(0, self.cfg.train_timesteps, (b,), generator=generator, device=gdev).to(dev)
         noisy = self.train_scheduler.add_noise(actions, noise, timesteps)

@@ -17,6 +17,7 @@ from torch import nn
 
 from vla.config import ResidualConfig
 from vla.heads.base import ActionHead, RLSample, gaussian_entropy, gaussian_log_prob, masked_mean
+from vla.heads.noise import normal
 from vla.sequence import Prefix
 
 
@@ -70,8 +71,7 @@ class ResidualHead(ActionHead):
     def sample_rl(self, prefix, generator=None):
         base = self.base_action(prefix, generator)
         mean, std = self.residual_mean(prefix, base), self._std()
-        noise = torch.randn(mean.shape, generator=generator, device=generator.device if generator else mean.device)
-        residual = mean + std * noise.to(mean.device)
+        residual = mean + std * normal(mean.shape, generator, mean.device)
         log_prob = gaussian_log_prob(residual, mean, std.expand_as(mean)).flatten(1).sum(-1)
         # the pooled features ride along so off-policy RL (TD3) need not run the frozen backbone again
         record = {"base_action": base, "residual": residual, "features": prefix.pooled().detach().float()}

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla.heads.base import ActionHead, RLSample, masked_mean
+from vla.heads.noise import Noise, uniform
 from vla.heads.temperature import TokenTemperature
 from vla.sequence import Prefix
 
@@ -35,13 +36,12 @@ class ActionTokenizer:
         return self.from_bins(ids - self.first_id)
 
 
-def categorical_sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One draw per row of (..., K) logits, reproducible from `generator`."""
-    probs = torch.softmax(logits.float(), -1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    if generator is not None and generator.device != flat.device:
-        flat = flat.to(generator.device)
-    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1]).to(logits.device)
+def categorical_sample(logits: torch.Tensor, generator: Noise) -> torch.Tensor:
+    """One draw per row of (..., K) logits by inverting the CDF at a uniform draw: the bins are ordered action
+    levels, so under common random numbers two nearby distributions pick the same or a neighbouring bin."""
+    cdf = torch.softmax(logits.float(), -1).cumsum(-1)
+    u = uniform(tuple(cdf.shape[:-1]), generator, cdf.device)
+    return (cdf < u[..., None]).sum(-1).clamp(max=cdf.shape[-1] - 1)
 
 
 def token_scores(logits: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ import torch
 
 from sim.base import check_reward_mode
 from sim.worker import CAMERAS, EnvError, EnvSpec, EnvWorker, WorkerCrashed
+from vla.heads.noise import EpisodeNoise, stream_seed
 
 MAX_ATTEMPTS = 3
 # fresh rollout reset seeds: above the small seeds evaluations use (7, 8, ...) and below 42,949, since
@@ -109,6 +110,7 @@ class EnvPool:
         finished: dict[int, EpisodeRollout] = {}
         env_steps = restarts = dropped = 0
         policy_s, tic = 0.0, time.perf_counter()
+        base_seed = generator.initial_seed()  # episode k's noise at decision d: stream_seed(base_seed, k, d)
         while todo or any(s.episode for s in self.slots):
             for slot in self.slots:
                 while slot.episode is None and todo:
@@ -126,7 +128,7 @@ class EnvPool:
             need = [s for s in active if not s.queue]
             if need:
                 t0 = time.perf_counter()
-                self._decide(policy, need, cameras, generator, chunk)
+                self._decide(policy, need, [index_of[id(s)] for s in need], base_seed, cameras, chunk)
                 policy_s += time.perf_counter() - t0
             for slot in active:
                 action = slot.queue.popleft()
@@ -176,15 +178,18 @@ class EnvPool:
         print(f"[rl] dropping episode {planned} after {attempts[k]} worker crashes", flush=True)
         return 1
 
-    def _decide(self, policy, slots: list[_Slot], cameras: list[int], generator: torch.Generator, chunk: int) -> None:
+    def _decide(self, policy, slots: list[_Slot], plan_index: list[int], base_seed: int, cameras: list[int],
+                chunk: int) -> None:
         images, states = [], []
         for slot in slots:
             img, state = slot.worker.observation()
             images.append(img[cameras])
             states.append(state)
+        # a stream per episode and decision: the draws do not depend on which episodes share the batch
+        noise = EpisodeNoise([stream_seed(base_seed, k, len(s.episode.decisions)) for k, s in zip(plan_index, slots)])
         images_np, states_np = np.stack(images), np.stack(states)
         raw, sample, value = policy.act_rl(torch.from_numpy(images_np), torch.from_numpy(states_np),
-                                           [s.episode.instruction for s in slots], generator)
+                                           [s.episode.instruction for s in slots], noise)
         record = {k: v.detach().cpu() for k, v in sample.record.items()}
         values = value.float().cpu() if value is not None else torch.zeros(len(slots))
         for j, slot in enumerate(slots):
