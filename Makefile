@@ -10,7 +10,7 @@ CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 export MUJOCO_GL ?= egl
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install finetune train demos eval rl rl-demo rl-demo-residual rl-demo-tokens config test test-unit bench clean
+.PHONY: install finetune train demos eval rl rl-demo rl-demo-residual rl-demo-tokens rl-demo-rft config test test-unit bench clean
 
 install:
 	bash scripts/install.sh
@@ -37,7 +37,7 @@ eval:
 
 ALGO ?= ppo
 rl:
-	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo|td3 CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
+	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo|rft|td3 CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
 	$(VLA) rl --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
 
 # The RL learning demonstration in the README: a deliberately under-trained diffusion policy (the
@@ -79,6 +79,17 @@ RL_DEMO_TOKENS_ARGS ?= rl.algo=ppo rl.reward=dense rl.iterations=10 rl.episodes_
 rl-demo-tokens:
 	test -d runs/oft_tokens/checkpoints/step_0001500 || $(VLA) train --policy openvla_oft --sim $(SIM) head.oft_output=tokens output_dir=runs/oft_tokens
 	$(VLA) rl --policy openvla_oft --sim $(SIM) --ckpt runs/oft_tokens/checkpoints/step_0001500 output_dir=runs/rl_demo_oft_tokens_temp $(RL_DEMO_TOKENS_ARGS)
+
+# Success-filtered self-imitation (rl.algo=rft) on the same token BC checkpoint: each iteration rolls
+# out 16 episodes with sampled bins at temperature 1, keeps the successful ones and takes 4 epochs of
+# 32-decision maximum-likelihood steps on their chunks (no critic, no ratio, no trust region).
+# Evaluated like rl-demo-tokens, on the same 100 episodes with sampled bins.
+RL_DEMO_RFT_ARGS ?= rl.algo=rft rl.iterations=12 rl.episodes_per_iter=16 rl.lr=3e-5 rl.minibatch_size=32 \
+	rl.epochs=4 rl.target_kl=null "rl.init_states=[0,1,2,3,4,5,6,7,8,9]" rl.eval_episodes_per_task=10 \
+	"rl.eval_seeds=[7,8,9,10,11,12,13,14,15,16]" head.sampler=stochastic
+rl-demo-rft:
+	test -d runs/oft_tokens/checkpoints/step_0001500 || $(VLA) train --policy openvla_oft --sim $(SIM) head.oft_output=tokens output_dir=runs/oft_tokens
+	$(VLA) rl --policy openvla_oft --sim $(SIM) --ckpt runs/oft_tokens/checkpoints/step_0001500 output_dir=runs/rl_demo_rft $(RL_DEMO_RFT_ARGS)
 
 # Real robot: the policy server and the deployment daemon, each its own process (see README "Real robot").
 .PHONY: serve deploy

@@ -7,7 +7,7 @@ import torch
 
 from vla.config import RLConfig
 from vla.model import Policy
-from vla.rl import grpo, ppo
+from vla.rl import grpo, ppo, rft
 from vla.rl.buffer import flatten
 from vla.rl.objective import clip_range, clipped_surrogate, make_optimizer, update
 from vla.rl.rollout import Decision, EpisodeRollout, PlannedEpisode
@@ -143,6 +143,39 @@ def test_update_raises_the_log_prob_of_the_advantaged_chunk(head, algo):
     assert logs["clip_frac"] == 0.0 and np.isfinite(logs["pg_loss"])
     if algo == "ppo":
         assert logs["value_loss"] > 0
+
+
+def test_rft_keeps_only_successful_episodes_with_advantage_one():
+    eps = [_episode([0, 1]), _episode([0, 0, 0]), _episode([0, 0, 1])]
+    kept, advs, rets, logs = rft.advantages(eps, RLConfig(algo="rft"))
+    assert kept == [eps[0], eps[2]] and logs == {"episodes_kept": 2}
+    assert [a.tolist() for a in advs] == [[1.0, 1.0], [1.0, 1.0, 1.0]]
+    assert rft.advantages([_episode([0, 0])], RLConfig(algo="rft"))[0] == []  # nothing succeeded: nothing to learn
+
+
+@pytest.mark.parametrize("head", ["oft_tokens", "flow_sde", "diffusion", "residual"])
+def test_rft_update_raises_the_likelihood_of_the_successful_chunks(head):
+    """Self-imitation: the successful episodes' sampled chunks become more likely, failures are not in the batch."""
+    policy = _policy(HEADS[head], "rft")
+    policy.cfg.rl.epochs = 2
+    rng = np.random.default_rng(3)
+    images = torch.from_numpy(rng.integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8))
+    states = torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32))
+    instructions = ["pick up the bowl"] * 4
+    _, sample, _ = policy.act_rl(images, states, instructions, torch.Generator().manual_seed(0))
+    episodes = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, 0), instructions[j],
+                               [Decision(images[j].numpy(), states[j].numpy(), {k: v[j] for k, v in sample.record.items()},
+                                         float(sample.log_prob[j]), 0.0, float(j < 2))], success=j < 2)
+                for j in range(4)]
+    kept, advs, rets, _ = rft.advantages(episodes, policy.cfg.rl)
+    assert len(kept) == 2
+    before = policy.head.evaluate(policy.build_prefix(images, states, instructions), sample.record)[0].detach()
+    logs = update(policy, flatten(kept, advs, rets), make_optimizer(policy, policy.cfg.rl), policy.cfg.rl,
+                  torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        after = policy.head.evaluate(policy.build_prefix(images, states, instructions), sample.record)[0]
+    assert torch.all(after[:2] > before[:2]), (before, after)
+    assert logs["clip_frac"] == 0.0 and logs["gradient_steps"] >= 1
 
 
 def _fixed_batch(policy: Policy, rows: int = 8):

@@ -169,7 +169,7 @@ class RLConfig:
     """Online RL from a BC checkpoint (`vla rl`, `make rl`). Decisions are whole action chunks:
     the head's log-probability covers the chunk, so RL executes every action of it."""
 
-    algo: str = "ppo"  # ppo | grpo | td3 (off-policy, residual head over a frozen base only)
+    algo: str = "ppo"  # ppo | grpo | rft (success-filtered self-imitation) | td3 (off-policy, residual head only)
     iterations: int = 20  # rollout + update rounds
     workers: int = 2  # env worker processes
     tasks: list[int] = field(default_factory=list)  # task ids in demos.suite; empty = demos.tasks

@@ -1,8 +1,9 @@
-"""The update both algorithms share: epochs of minibatch steps on the clipped surrogate objective,
-plus the critic (PPO), an entropy bonus and a KL penalty to the starting policy.
+"""The update the on-policy algorithms share: epochs of minibatch steps on the clipped surrogate
+objective, plus the critic (PPO), an entropy bonus and a KL penalty to the starting policy.
 
 PPO and GRPO differ only in where advantages come from (GAE over a critic vs. group-normalized
-returns) and their clip defaults; everything that touches gradients is here, once.
+returns) and their clip defaults; RFT (`vla.rl.rft`) keeps only successful episodes and maximizes
+their chunks' likelihood instead of the clipped ratio; everything that touches gradients is here, once.
 
 log-ratio per_dim: a chunk's log-probability sums over chunk_size x action_dim terms (times the
 denoising steps for flow/diffusion), so the chunk ratio exp(sum) swings by orders of magnitude
@@ -167,7 +168,11 @@ def _loss(policy, mb: DecisionBatch, cfg: RLConfig, logs: dict, train_actor: boo
             moved = chunk_log_ratio if anchor is None else new_lp - anchor[mb.index].to(dev)
             chunk_kl = float(((moved.exp() - 1) - moved).mean())
         log_ratio = chunk_log_ratio / scale
-        pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high, mb.weights.to(dev))
+        if cfg.algo == "rft":  # maximum likelihood of the kept (successful) chunks, per action dimension
+            pg = -(log_ratio * mb.advantages.to(dev) * mb.weights.to(dev)).mean()
+            clip_frac = torch.zeros((), device=dev)
+        else:
+            pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high, mb.weights.to(dev))
         ent = entropy.mean() / scale
         loss = loss + pg - cfg.entropy_coef * ent
         with torch.no_grad():

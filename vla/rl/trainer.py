@@ -22,7 +22,7 @@ from vla.checkpoint import latest_checkpoint, load_policy, load_training_state, 
 from vla.config import ConfigError, ExperimentConfig, merge, parse_overrides, to_yaml
 from vla.devices import Dist, pick_device, setup_distributed
 from vla.model import Policy
-from vla.rl import grpo, ppo
+from vla.rl import grpo, ppo, rft
 from vla.rl.buffer import DecisionBatch, flatten
 from vla.rl.distributed import BARRIER_TIMEOUT_S, GradSync, seed_offset, shard_plan
 from vla.rl.objective import explained_variance, make_optimizer, reference_copy, update
@@ -30,7 +30,7 @@ from vla.rl.rollout import EnvPool, PlannedEpisode, apply_step_penalty, draw_see
 from vla.rl.td3 import ResidualTD3
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
 
-ALGOS = {"ppo": ppo, "grpo": grpo, "td3": None}  # td3: off-policy, its own learner (vla.rl.td3)
+ALGOS = {"ppo": ppo, "grpo": grpo, "rft": rft, "td3": None}  # td3: off-policy, its own learner (vla.rl.td3)
 # parameters a BC checkpoint may lack: a fresh critic, Flow-Noise's std, a residual's own net, a learned temperature
 FRESH = ("value_head.", "head.noise_std.", "head.mean_net.", "head.log_std", "head.temperature.")
 
