@@ -18,8 +18,8 @@ from vla.backbones.base import Backbone
 from vla.config import DiffusionConfig
 from vla.heads.base import ActionHead, masked_mean
 from vla.heads.chain import GaussianChain
-from vla.heads.noise import normal
 from vla.heads.expert import ActionExpert
+from vla.heads.noise import normal
 from vla.sequence import Prefix
 
 PREDICTIONS = ("epsilon", "sample")

@@ -22,24 +22,22 @@ class EpisodeNoise:
             raise ValueError("EpisodeNoise needs one seed per batch row; got none")
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
-    def __len__(self) -> int:
-        return len(self.generators)
-
     def draw(self, kind: str, shape: tuple[int, ...]) -> torch.Tensor:
         if shape[0] != len(self.generators):
             raise ValueError(f"a batch of {shape[0]} rows drew noise from {len(self.generators)} episode streams; "
                              "expected one stream per row")
-        fn = torch.randn if kind == "normal" else torch.rand
+        fn = DRAWS[kind]
         return torch.stack([fn(tuple(shape[1:]), generator=g) for g in self.generators])
 
 
 Noise = torch.Generator | EpisodeNoise | None
+DRAWS = {"normal": torch.randn, "uniform": torch.rand}
 
 
 def _draw(kind: str, shape: tuple[int, ...], noise: Noise, device: torch.device) -> torch.Tensor:
     if isinstance(noise, EpisodeNoise):
         return noise.draw(kind, shape).to(device)
-    fn = torch.randn if kind == "normal" else torch.rand
+    fn = DRAWS[kind]
     gdev = noise.device if noise is not None else device  # drawn on the generator's device: reproducible
     return fn(shape, generator=noise, device=gdev).to(device)
 
@@ -52,7 +50,6 @@ def normal(shape: tuple[int, ...], noise: Noise, device: torch.device) -> torch.
 def uniform(shape: tuple[int, ...], noise: Noise, device: torch.device) -> torch.Tensor:
     """U[0, 1) draws of `shape`, returned on `device`."""
     return _draw("uniform", tuple(shape), noise, device)
-
 
 
 def stream_seed(*parts: object) -> int:
