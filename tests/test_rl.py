@@ -178,6 +178,32 @@ def test_rft_update_raises_the_likelihood_of_the_successful_chunks(head):
     assert logs["clip_frac"] == 0.0 and logs["gradient_steps"] >= 1
 
 
+def test_rft_replay_keeps_the_last_successes_and_survives_a_checkpoint(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    def batch(n, start):
+        eps = [_episode([0] * (n - 1) + [1], instruction=f"task {start + i}") for i in range(1)]
+        for j, d in enumerate(eps[0].decisions):
+            d.state = np.full(8, start + j, np.float32)
+        kept, advs, rets, _ = rft.advantages(eps, RLConfig(algo="rft"))
+        return flatten(kept, advs, rets)
+
+    replay = rft.SuccessReplay(5)
+    assert replay.add(None) is None and len(replay) == 0  # nothing succeeded yet
+    assert len(replay.add(batch(3, 0))) == 3
+    kept = replay.add(batch(4, 10))  # 7 decisions, the oldest 2 dropped
+    assert len(kept) == 5 and kept.states[:, 0].tolist() == [2, 10, 11, 12, 13]
+    assert replay.add(None) is kept  # an iteration without successes still trains on the replay
+    tensors, meta = replay.state()
+    save_file(tensors, str(tmp_path / "t.safetensors"))
+    again = rft.SuccessReplay(5)
+    again.load(load_file(str(tmp_path / "t.safetensors")), meta)
+    assert torch.equal(again.batch.states, kept.states) and again.batch.instructions == kept.instructions
+    assert torch.equal(again.batch.records["x"], kept.records["x"]) and torch.equal(again.batch.images, kept.images)
+    with pytest.raises(ValueError, match="rl.rft_replay"):
+        rft.SuccessReplay(0)
+
+
 def _fixed_batch(policy: Policy, rows: int = 8):
     """A rollout of `rows` one-decision episodes with alternating advantages, sampled by `policy`."""
     rng = np.random.default_rng(2)
@@ -222,3 +248,24 @@ def test_target_kl_is_measured_from_where_an_overlapped_update_starts():
     with pytest.raises(ValueError, match="rl.target_kl must be > 0"):
         policy.cfg.rl.target_kl = 0.0
         update(policy, batch, make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(1))
+
+
+def test_rft_replay_is_refused_for_other_algorithms_and_resumes_with_the_run(tmp_path):
+    from vla.config import ConfigError, ExperimentConfig
+    from vla.rl import trainer
+
+    with pytest.raises(ConfigError, match="rl.rft_replay"):
+        trainer._check(ExperimentConfig(rl=RLConfig(algo="ppo", rft_replay=100)))
+    policy = _policy(HEADS["oft_tokens"], "rft")
+    optimizer = make_optimizer(policy, policy.cfg.rl)
+    replay = rft.SuccessReplay(100)
+    replay.add(_fixed_batch(policy, rows=4))
+    state = {"iteration": 3, "history": [], "evals": {}}
+    trainer._save(tmp_path, policy, optimizer, state, None, replay)
+    resumed = rft.SuccessReplay(100)
+    assert trainer._resume(tmp_path, policy, optimizer, None, resumed)["iteration"] == 3
+    assert len(resumed) == 4 and torch.equal(resumed.batch.images, replay.batch.images)
+    assert all(torch.equal(resumed.batch.records[k], replay.batch.records[k]) for k in replay.batch.records)
+    with pytest.raises(ConfigError, match="without a success replay"):  # a run started without one
+        trainer._save(tmp_path, policy, optimizer, {**state, "iteration": 4}, None, None)
+        trainer._resume(tmp_path, policy, optimizer, None, rft.SuccessReplay(100))

@@ -203,6 +203,7 @@ class RLConfig:
     kl_coef: float = 0.0  # > 0: k3 KL penalty to the starting (BC) policy, scored by a frozen copy
     critic_warmup: int = 0  # PPO: first iterations train only the critic
     filter_groups: bool = True  # GRPO: skip groups that are all success or all failure
+    rft_replay: int = 0  # RFT: successful decisions kept over iterations and trained on (0 = this iteration's only)
     eval_episodes_per_task: int = 50  # before/after evaluation: init states 0.. on rl.tasks (same set both times)
     eval_seeds: list[int] = field(default_factory=lambda: [7])  # one pass over those init states per seed
     eval_every: int = 0  # also evaluate every N iterations (0 = before and after only)

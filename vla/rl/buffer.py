@@ -43,6 +43,21 @@ class DecisionBatch:
             yield self.select(order[start:start + size])
 
 
+def concat(first: DecisionBatch, second: DecisionBatch) -> DecisionBatch:
+    """The rows of `first` followed by those of `second` (same record keys)."""
+    if first.records.keys() != second.records.keys():
+        raise ValueError(f"cannot join decisions recorded with {sorted(first.records)} and {sorted(second.records)}")
+    cat = torch.cat
+    return DecisionBatch(
+        cat([first.images, second.images]), cat([first.states, second.states]),
+        first.instructions + second.instructions,
+        {k: cat([first.records[k], second.records[k]]) for k in first.records},
+        cat([first.old_log_prob, second.old_log_prob]), cat([first.values, second.values]),
+        cat([first.advantages, second.advantages]), cat([first.returns, second.returns]),
+        cat([first.weights, second.weights]),
+    )
+
+
 def flatten(episodes: list[EpisodeRollout], advantages: list[np.ndarray], returns: list[np.ndarray],
             per_episode: bool = False) -> DecisionBatch:
     """One row per decision; `advantages[i]` / `returns[i]` hold episode i's per-decision values.

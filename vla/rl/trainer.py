@@ -97,6 +97,9 @@ def _check(cfg: ExperimentConfig) -> None:
     if rl.algo == "grpo" and (rl.group_size < 2 or rl.episodes_per_iter % rl.group_size):
         raise ConfigError(f"GRPO needs rl.group_size >= 2 dividing rl.episodes_per_iter, got "
                           f"{rl.group_size} and {rl.episodes_per_iter}")
+    if rl.rft_replay < 0 or (rl.rft_replay and rl.algo != "rft"):
+        raise ConfigError(f"rl.rft_replay keeps successes for rl.algo=rft (a count >= 0); got {rl.rft_replay} "
+                          f"with rl.algo={rl.algo}")
     if rl.algo == "td3" and cfg.head.type != "residual":
         raise ConfigError(f"rl.algo=td3 is off-policy residual RL: it needs POLICY=residual over a frozen base "
                           f"checkpoint, this policy's head is {cfg.head.type}")
@@ -161,7 +164,8 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
     offpolicy = ResidualTD3(policy, rl) if rl.algo == "td3" else None
     optimizer = make_optimizer(policy, rl) if offpolicy is None else None
-    state = _resume(out / "checkpoints", policy, optimizer, offpolicy)
+    replay = rft.SuccessReplay(rl.rft_replay) if rl.algo == "rft" and rl.rft_replay else None
+    state = _resume(out / "checkpoints", policy, optimizer, offpolicy, replay)
     algo = ALGOS[rl.algo]
     # torchrun replicas: `rows` reduces log rows and holds barriers on the main thread; the learner's
     # collectives get their own process group when rl.overlap runs them on the learner thread
@@ -210,12 +214,12 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
         if actor is not policy:
             actor.load_state_dict(policy.state_dict())
         if place.main:
-            _save(out / "checkpoints", policy, optimizer, state, offpolicy)
+            _save(out / "checkpoints", policy, optimizer, state, offpolicy, replay)
             _write_log(out / "rl_log.jsonl", state["history"])
         if rl.eval_every and row["iteration"] % rl.eval_every == 0 and row["iteration"] < rl.iterations:
             maybe_eval(row["iteration"])
             if place.main:
-                _save(out / "checkpoints", policy, optimizer, state, offpolicy)
+                _save(out / "checkpoints", policy, optimizer, state, offpolicy, replay)
 
     pending: tuple[dict, float, Future | None] | None = None
     try:
@@ -237,6 +241,9 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
                 break
             row, batch, generator, tic = collected
             it += 1
+            if replay is not None:  # RFT: this iteration's successes join the earlier ones, all are trained on
+                batch = replay.add(batch)
+                row["replay_decisions"] = len(replay)
             local = len(batch) if batch is not None else 0
             if (rows.total(local) if rows is not None else local) == 0:
                 finish(row, tic, None)
@@ -259,7 +266,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     if not place.main:
         dist.destroy_process_group()
         return None
-    final = _save(out / "checkpoints", policy, optimizer, state, offpolicy)
+    final = _save(out / "checkpoints", policy, optimizer, state, offpolicy, replay)
     from vla.rl.report import write_rl_report
 
     summary = write_rl_report(out, state, cfg, final)
@@ -358,18 +365,23 @@ def _write_log(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _save(root: Path, policy, optimizer, state: dict, offpolicy: ResidualTD3 | None = None) -> Path:
+def _save(root: Path, policy, optimizer, state: dict, offpolicy: ResidualTD3 | None = None,
+          replay: rft.SuccessReplay | None = None) -> Path:
     if offpolicy is not None:  # critics, targets, their optimizers and the replay buffer
         tensors, td3_meta = offpolicy.state()
         meta = {"td3": td3_meta}
     else:
         tensors, opt_meta = optimizer_to_tensors(optimizer)
         meta = {"optimizer": opt_meta}
+    if replay is not None:  # RFT's kept successes
+        replay_tensors, meta["rft_replay"] = replay.state()
+        tensors.update(replay_tensors)
     tensors["rng/torch"] = torch.get_rng_state()
     return save_training_checkpoint(root, state["iteration"], policy, tensors, {**state, **meta}, keep_last=2)
 
 
-def _resume(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None) -> dict:
+def _resume(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None,
+            replay: rft.SuccessReplay | None = None) -> dict:
     state = {"iteration": 0, "history": [], "evals": {}}
     last = latest_checkpoint(root)
     if last is None:
@@ -384,6 +396,12 @@ def _resume(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None)
         offpolicy.load_state(tensors, saved.pop("td3"))
     else:
         optimizer_from_tensors(optimizer, tensors, saved.pop("optimizer"))
+    replay_meta = saved.pop("rft_replay", None)
+    if replay is not None:
+        if replay_meta is None:
+            raise ConfigError(f"cannot resume RL from {last} with rl.rft_replay={replay.capacity}: the run was "
+                              "started without a success replay")
+        replay.load(tensors, replay_meta)
     torch.set_rng_state(tensors["rng/torch"])
     print(f"[rl] resumed from {last}", flush=True)
     return {**state, **saved}
