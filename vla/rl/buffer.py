@@ -1,7 +1,7 @@
 """Decisions of a rollout flattened into tensors, with the advantages an algorithm assigned them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -43,18 +43,18 @@ class DecisionBatch:
             yield self.select(order[start:start + size])
 
 
+# the per-decision tensors of a DecisionBatch (everything but the instructions, records and index)
+TENSOR_FIELDS = tuple(f.name for f in fields(DecisionBatch) if f.name not in ("instructions", "records", "index"))
+
+
 def concat(first: DecisionBatch, second: DecisionBatch) -> DecisionBatch:
     """The rows of `first` followed by those of `second` (same record keys)."""
     if first.records.keys() != second.records.keys():
         raise ValueError(f"cannot join decisions recorded with {sorted(first.records)} and {sorted(second.records)}")
-    cat = torch.cat
     return DecisionBatch(
-        cat([first.images, second.images]), cat([first.states, second.states]),
-        first.instructions + second.instructions,
-        {k: cat([first.records[k], second.records[k]]) for k in first.records},
-        cat([first.old_log_prob, second.old_log_prob]), cat([first.values, second.values]),
-        cat([first.advantages, second.advantages]), cat([first.returns, second.returns]),
-        cat([first.weights, second.weights]),
+        instructions=first.instructions + second.instructions,
+        records={k: torch.cat([first.records[k], second.records[k]]) for k in first.records},
+        **{name: torch.cat([getattr(first, name), getattr(second, name)]) for name in TENSOR_FIELDS},
     )
 
 

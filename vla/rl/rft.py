@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vla.config import RLConfig
-from vla.rl.buffer import DecisionBatch, concat
+from vla.rl.buffer import TENSOR_FIELDS, DecisionBatch, concat
 from vla.rl.rollout import EpisodeRollout
 
 STATE_PREFIX = "rft_replay/"
@@ -54,11 +54,9 @@ class SuccessReplay:
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         if self.batch is None:
             return {}, {"instructions": []}
-        b = self.batch
-        tensors = {"images": b.images, "states": b.states, "old_log_prob": b.old_log_prob, "values": b.values,
-                   "advantages": b.advantages, "returns": b.returns, "weights": b.weights,
-                   **{f"records/{k}": v for k, v in b.records.items()}}
-        return {STATE_PREFIX + k: v for k, v in tensors.items()}, {"instructions": b.instructions}
+        tensors = {name: getattr(self.batch, name) for name in TENSOR_FIELDS}
+        tensors.update({f"records/{k}": v for k, v in self.batch.records.items()})
+        return {STATE_PREFIX + k: v for k, v in tensors.items()}, {"instructions": self.batch.instructions}
 
     def load(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         if not meta["instructions"]:
@@ -66,6 +64,5 @@ class SuccessReplay:
             return
         part = {k[len(STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
         records = {k[len("records/"):]: v for k, v in part.items() if k.startswith("records/")}
-        self.batch = DecisionBatch(part["images"], part["states"], list(meta["instructions"]), records,
-                                   part["old_log_prob"], part["values"], part["advantages"], part["returns"],
-                                   part["weights"])
+        self.batch = DecisionBatch(instructions=list(meta["instructions"]), records=records,
+                                   **{name: part[name] for name in TENSOR_FIELDS})
