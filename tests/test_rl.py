@@ -269,3 +269,26 @@ def test_rft_replay_is_refused_for_other_algorithms_and_resumes_with_the_run(tmp
     with pytest.raises(ConfigError, match="without a success replay"):  # a run started without one
         trainer._save(tmp_path, policy, optimizer, {**state, "iteration": 4}, None, None)
         trainer._resume(tmp_path, policy, optimizer, None, rft.SuccessReplay(100))
+
+
+def test_batched_envs_are_refused_where_they_cannot_run(monkeypatch):
+    from vla.config import ConfigError, ExperimentConfig
+    from vla.rl import trainer
+    from vla.rl.batched_rollout import BatchedEnvPool
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for cfg, message in [
+        (ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=-1)), "must be >= 0"),
+        (ExperimentConfig(sim="libero", rl=RLConfig(batched_envs=1)), "SIM=libero"),
+        (ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=1, ray="auto")), "one or the other"),
+        (ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=4)), "needs CUDA"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            trainer._check(cfg)
+    trainer._check(ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=1)))
+    pool, policy = BatchedEnvPool(2, 16), random_policy({"head": {"type": "flow"}})
+    with pytest.raises(ValueError, match="suite 'maniskill'"):
+        pool.collect(policy, [PlannedEpisode("libero_spatial", 0, 0, 0)], torch.Generator())
+    with pytest.raises(ValueError, match=r"one task per run; the plan holds tasks \[0, 2\]"):
+        pool.collect(policy, [PlannedEpisode("maniskill", 0, 0, 0), PlannedEpisode("maniskill", 2, 0, 1)],
+                     torch.Generator())

@@ -172,6 +172,9 @@ class RLConfig:
     algo: str = "ppo"  # ppo | grpo | rft (success-filtered self-imitation) | td3 (off-policy, residual head only)
     iterations: int = 20  # rollout + update rounds
     workers: int = 2  # env worker processes
+    # > 0: SIM=maniskill rollouts on this many envs simulated in one process (ManiSkill's GPU backend when CUDA
+    # is present, its CPU one otherwise, which holds 1) instead of rl.workers processes; one task per run
+    batched_envs: int = 0
     tasks: list[int] = field(default_factory=list)  # task ids in demos.suite; empty = demos.tasks
     init_states: list[int] = field(default_factory=list)  # init states rolled out in RL; empty = all 50
     # reset seeds of RL rollouts (LIBERO re-draws fixture placements per reset from it); empty = a fresh seed per

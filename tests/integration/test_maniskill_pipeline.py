@@ -67,12 +67,13 @@ def test_finetune_trains_and_evaluates_in_maniskill(finetuned):
     assert json.loads((ckpt / "config.json").read_text())["sim"] == "maniskill"
 
 
-def test_rl_runs_on_maniskill_workers(finetuned, tmp_path):
+@pytest.mark.parametrize("rollout", [["rl.workers=1"], ["rl.batched_envs=1"]], ids=["workers", "batched"])
+def test_rl_runs_on_maniskill(finetuned, tmp_path, rollout):
     _, out, _ = finetuned
     rl_out = tmp_path / "rl"
     cmd = [sys.executable, "-m", "vla.cli", "rl", "--policy", "pi0", "--sim", "maniskill",
            "--ckpt", str(out / "checkpoints" / "step_0000003"), f"output_dir={rl_out}", "rl.algo=ppo",
-           "rl.iterations=1", "rl.episodes_per_iter=2", "rl.workers=1", "rl.max_steps=8", "rl.torch_threads=1",
+           "rl.iterations=1", "rl.episodes_per_iter=2", *rollout, "rl.max_steps=8", "rl.torch_threads=1",
            "rl.eval_episodes_per_task=1", "rl.minibatch_size=4", "rl.epochs=1"]
     run = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -81,3 +82,38 @@ def test_rl_runs_on_maniskill_workers(finetuned, tmp_path):
     assert row["restarts"] == 0 and "pg_loss" in row
     summary = json.loads((rl_out / "rl_summary.json").read_text())
     assert summary["before"]["episodes"] == summary["after"]["episodes"] == 1
+
+
+def test_batched_envs_play_the_worker_pools_episodes(finetuned):
+    """`rl.batched_envs=1` on the CPU (one ManiSkill env in this process) against one env worker process:
+    the same plan gives the same episodes, observations, chunks and rewards."""
+    import torch
+
+    from vla.rl.batched_rollout import BatchedEnvPool
+    from vla.rl.rollout import EnvPool, PlannedEpisode
+    from vla.rl.trainer import prepare_policy
+
+    _, out, _ = finetuned
+    torch.set_num_threads(1)
+    policy = prepare_policy(out / "checkpoints" / "step_0000003", None, [])
+    plan = [PlannedEpisode("maniskill", 0, init, k, seed=1234 + k) for k, init in enumerate([0, 3])]
+    runs = []
+    for pool in (EnvPool(1, IMAGE, "maniskill", max_steps=10, reward="dense"),
+                 BatchedEnvPool(1, IMAGE, max_steps=10, reward="dense", backend="cpu")):
+        try:
+            runs.append(pool.collect(policy, plan, torch.Generator().manual_seed(3))[0])
+        finally:
+            pool.close()
+    workers, batched = runs
+    assert [e.plan for e in batched] == plan
+    for a, b in zip(workers, batched):
+        assert (a.steps, a.success, len(a.decisions), a.instruction) == (b.steps, b.success, len(b.decisions),
+                                                                        b.instruction)
+        assert a.steps == 10 and len(a.decisions) == 3  # chunks of 4: 4 + 4 + 2 steps
+        for da, db in zip(a.decisions, b.decisions):
+            assert np.array_equal(da.images, db.images)
+            assert np.allclose(da.state, db.state, atol=1e-5)
+            assert da.log_prob == pytest.approx(db.log_prob, rel=1e-5)
+            assert da.reward == pytest.approx(db.reward, abs=1e-5)
+    assert workers[0].decisions[0].state.tolist() != workers[1].decisions[0].state.tolist() or \
+        not np.array_equal(workers[0].decisions[0].images, workers[1].decisions[0].images)  # two distinct scenes

@@ -105,6 +105,24 @@ def _check(cfg: ExperimentConfig) -> None:
                           f"checkpoint, this policy's head is {cfg.head.type}")
     if rl.algo == "td3" and rl.overlap:
         raise ConfigError("rl.overlap pipelines on-policy updates; td3 already reuses old data (set rl.overlap=false)")
+    _check_batched(cfg)
+
+
+def _check_batched(cfg: ExperimentConfig) -> None:
+    rl = cfg.rl
+    if rl.batched_envs < 0:
+        raise ConfigError(f"rl.batched_envs must be >= 0 (0 = rl.workers env processes), got {rl.batched_envs}")
+    if not rl.batched_envs:
+        return
+    if cfg.sim != "maniskill":
+        raise ConfigError(f"rl.batched_envs runs ManiSkill's N-env simulation (SIM=maniskill); SIM={cfg.sim} rolls "
+                          f"out on rl.workers env processes")
+    if rl.ray:
+        raise ConfigError("rl.ray places rollouts on a cluster's env workers; rl.batched_envs simulates them in "
+                          "this process: use one or the other")
+    if rl.batched_envs > 1 and not torch.cuda.is_available():
+        raise ConfigError(f"rl.batched_envs={rl.batched_envs} needs CUDA (ManiSkill's GPU simulation); its CPU "
+                          f"simulation holds one env per process: on a CPU use rl.workers (or rl.batched_envs=1)")
 
 
 def _check_reward(cfg: ExperimentConfig, tasks: list[tuple[str, int]]) -> None:
@@ -286,8 +304,13 @@ def _check_replicas(cfg: ExperimentConfig, place: Dist) -> None:
 
 
 def _pool(policy, cfg: ExperimentConfig):
-    """Local env workers, or rollout actors on a Ray cluster (rl.ray)."""
+    """Local env workers, N envs in one ManiSkill simulation (rl.batched_envs), or rollout actors on a Ray
+    cluster (rl.ray)."""
     rl = cfg.rl
+    if rl.batched_envs:
+        from vla.rl.batched_rollout import BatchedEnvPool
+
+        return BatchedEnvPool(rl.batched_envs, cfg.demos.image_size, rl.max_steps, cfg.eval.seed, reward=rl.reward)
     if not rl.ray:
         return EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed, reward=rl.reward)
     if rl.ray_actors < 0:
