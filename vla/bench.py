@@ -248,7 +248,7 @@ def _table(rows: list[dict]) -> str:
 def run_all(out: Path, quick: bool = False, only: list[str] | None = None) -> dict:
     """Every section (or those named in `only`) -> out/results.md and results.json."""
     from vla.bench_maniskill import bench_maniskill
-    from vla.rl.bench import bench_rl
+    from vla.rl.bench import bench_rl, bench_rl_maniskill
 
     torch.set_num_threads(2)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,6 +267,8 @@ def run_all(out: Path, quick: bool = False, only: list[str] | None = None) -> di
         "heads_small": ("Action heads on small_paligemma (random weights, ~28M, 224 px): compute-bound",
                         lambda: bench_heads(1 if quick else 5, "small_paligemma", 224)),
         "rl": ("RL throughput (env frames/s, LIBERO, 2 workers)", lambda: bench_rl(4 if quick else 8, 32 if quick else 64)),
+        "rl_maniskill": ("RL rollout throughput in ManiSkill (env frames/s): worker process vs rl.batched_envs; "
+                         "GPU-parallel when CUDA is present", lambda: bench_rl_maniskill(16 if quick else 48)),
         "maniskill": ("ManiSkill3 env frames/s (PickCube-v1; CPU always, GPU-parallel when CUDA is present)",
                       lambda: bench_maniskill(20 if quick else 100)),
     }

@@ -87,9 +87,13 @@ class BatchedEnvPool:
         env_steps, policy_s = 0, 0.0
         while running.any():
             live = np.flatnonzero(running)
+            # rendered, and copied to the host once: the learner's batch keeps the observations there
+            index = torch.as_tensor(live, device=sim.device)
+            images = sim.images()[index][:, cameras].cpu().numpy()
+            states = sim.state()[index].cpu().numpy().astype(np.float32)
             t0 = time.perf_counter()
-            actions = self._decide(policy, sim, [episodes[i] for i in live], [keys[i] for i in live], live,
-                                   base_seed, cameras, chunk)
+            actions = self._decide(policy, images, states, [episodes[i] for i in live], [keys[i] for i in live],
+                                   live, base_seed, chunk)
             policy_s += time.perf_counter() - t0
             for t in range(chunk):
                 reward, success = sim.step(actions[:, t])
@@ -110,13 +114,10 @@ class BatchedEnvPool:
                     break
         return episodes, env_steps, policy_s
 
-    def _decide(self, policy, sim: ManiSkillBatch, episodes: list[EpisodeRollout], keys: list[int],
-                live: np.ndarray, base_seed: int, cameras: list[int], chunk: int) -> np.ndarray:
+    def _decide(self, policy, images: np.ndarray, states: np.ndarray, episodes: list[EpisodeRollout],
+                keys: list[int], live: np.ndarray, base_seed: int, chunk: int) -> np.ndarray:
         """One batched policy call for the running envs -> (N, chunk, 7) actions for every env (zeros for
-        the idle ones). The observation is copied to the host once: the learner's batch keeps it there."""
-        index = torch.as_tensor(live, device=sim.device)
-        images = sim.images()[index][:, cameras].cpu().numpy()
-        states = sim.state()[index].cpu().numpy().astype(np.float32)
+        the idle ones)."""
         noise = EpisodeNoise([stream_seed(base_seed, k, len(e.decisions)) for k, e in zip(keys, episodes)])
         raw, sample, value = policy.act_rl(torch.from_numpy(images), torch.from_numpy(states),
                                            [e.instruction for e in episodes], noise)

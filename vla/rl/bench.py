@@ -1,7 +1,13 @@
-"""RL throughput for `make bench`: env frames/s of rollout alone and end to end (rollout + update)
-with a tiny flow policy on two LIBERO workers, with rollout and learning alternating (sequential)
-and overlapped (`rl.overlap`: the update trains in a thread while the next rollout acts with a
-copy of the weights). Both end-to-end rows time the same second rollout and the same update."""
+"""RL throughput for `make bench`, env frames/s with a tiny flow policy.
+
+LIBERO: rollout alone and end to end (rollout + update) on two workers, with rollout and learning
+alternating (sequential) and overlapped (`rl.overlap`: the update trains in a thread while the next
+rollout acts with a copy of the weights). Both end-to-end rows time the same second rollout and the
+same update.
+
+ManiSkill PickCube: one env worker process against `rl.batched_envs=1` (one env in this process) on the
+CPU, always; with CUDA, `rl.batched_envs=N` GPU-parallel rollouts (N = 64, 256, 512 as memory allows),
+alone and end to end with one update on the policy's GPU."""
 from __future__ import annotations
 
 import copy
@@ -14,8 +20,13 @@ import torch
 from vla.rl import grpo
 from vla.rl.buffer import flatten
 from vla.rl.objective import make_optimizer, update
-from vla.rl.rollout import EnvPool
+from vla.rl.rollout import EnvPool, PlannedEpisode, RolloutStats
 from vla.random_policy import random_policy
+
+
+def _fake_advantages(episodes) -> list[np.ndarray]:
+    """Alternating +1 / -1 per episode: the update does its full work whatever the episodes' outcomes."""
+    return [np.full(len(e.decisions), 1.0 if k % 2 else -1.0) for k, e in enumerate(episodes)]
 
 
 def bench_rl(episodes: int = 8, max_steps: int = 64, workers: int = 2) -> list[dict]:
@@ -28,8 +39,7 @@ def bench_rl(episodes: int = 8, max_steps: int = 64, workers: int = 2) -> list[d
         pool.collect(policy, plan[:workers], torch.Generator().manual_seed(0))  # build the scenes once
         episodes_, stats_ = pool.collect(policy, plan, torch.Generator().manual_seed(1))
         # every episode is a failure here, so give the update fake group-relative advantages
-        advs = [np.full(len(e.decisions), 1.0 if k % 2 else -1.0) for k, e in enumerate(episodes_)]
-        batch = flatten(episodes_, advs, [np.zeros(len(e.decisions)) for e in episodes_])
+        batch = flatten(episodes_, _fake_advantages(episodes_), [np.zeros(len(e.decisions)) for e in episodes_])
 
         def train_once() -> float:
             tic = time.perf_counter()
@@ -57,3 +67,57 @@ def bench_rl(episodes: int = 8, max_steps: int = 64, workers: int = 2) -> list[d
          "env_frames_per_s": stats_b.env_steps / overlapped_s, "seconds": overlapped_s,
          "update_seconds": overlapped_update_s},
     ]
+
+
+def _maniskill_rollout(pool, policy, episodes: int) -> tuple[list, RolloutStats]:
+    plan = [PlannedEpisode("maniskill", 0, k % 50, k, seed=1000 + k) for k in range(episodes)]
+    pool.collect(policy, plan[:1], torch.Generator().manual_seed(0))  # build the simulation once
+    return pool.collect(policy, plan, torch.Generator().manual_seed(1))
+
+
+def bench_rl_maniskill(max_steps: int = 48, cpu_episodes: int = 2,
+                       gpu_counts: tuple[int, ...] = (64, 256, 512)) -> list[dict]:
+    from vla.rl.batched_rollout import BatchedEnvPool
+
+    policy = random_policy({"head": {"type": "flow"}, "sim": "maniskill"})
+    size = policy.cfg.demos.image_size
+    rows = []
+    for what, pool in ((f"1 env worker process (CPU sim), {cpu_episodes} episodes",
+                        EnvPool(1, size, "maniskill", max_steps=max_steps)),
+                       (f"rl.batched_envs=1 (CPU sim in this process), {cpu_episodes} episodes",
+                        BatchedEnvPool(1, size, max_steps=max_steps, backend="cpu"))):
+        try:
+            _, stats = _maniskill_rollout(pool, policy, cpu_episodes)
+        finally:
+            pool.close()
+        rows.append({"what": f"ManiSkill PickCube rollout, {what} x {max_steps} steps (flow head, chunk 8)",
+                     "env_frames_per_s": stats.env_steps / stats.seconds, "seconds": stats.seconds,
+                     "policy_seconds": stats.policy_seconds})
+    if not torch.cuda.is_available():
+        rows.append({"what": f"GPU rows (rl.batched_envs = {', '.join(map(str, gpu_counts))}) skipped: no CUDA "
+                             "device on this machine"})
+        return rows
+    policy.to("cuda")
+    for n in gpu_counts:
+        row = {"what": f"ManiSkill PickCube rollout, rl.batched_envs={n} (GPU sim, policy on the GPU), "
+                       f"{n} episodes x {max_steps} steps"}
+        pool = BatchedEnvPool(n, size, max_steps=max_steps, backend="gpu")
+        try:
+            episodes, stats = _maniskill_rollout(pool, policy, n)
+            batch = flatten(episodes, _fake_advantages(episodes), [np.zeros(len(e.decisions)) for e in episodes])
+            tic = time.perf_counter()
+            learner = copy.deepcopy(policy)
+            update(learner, batch, make_optimizer(learner, policy.cfg.rl), policy.cfg.rl,
+                   torch.Generator().manual_seed(0))
+            torch.cuda.synchronize()
+            update_s = time.perf_counter() - tic
+            row.update({"env_frames_per_s": stats.env_steps / stats.seconds, "seconds": stats.seconds,
+                        "policy_seconds": stats.policy_seconds, "update_seconds": update_s,
+                        "end_to_end_frames_per_s": stats.env_steps / (stats.seconds + update_s)})
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:  # as far as memory allows, said so
+            row["note"] = f"failed: {type(err).__name__}: {str(err)[:120]}"
+        finally:
+            pool.close()
+            torch.cuda.empty_cache()
+        rows.append(row)
+    return rows
