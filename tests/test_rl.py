@@ -286,6 +286,10 @@ def test_batched_envs_are_refused_where_they_cannot_run(monkeypatch):
         with pytest.raises(ConfigError, match=message):
             trainer._check(cfg)
     trainer._check(ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=1)))
+    from vla.devices import Dist
+
+    with pytest.raises(ConfigError, match="under torchrun"):
+        trainer._check_replicas(ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=1)), Dist(0, 2))
     pool, policy = BatchedEnvPool(2, 16), random_policy({"head": {"type": "flow"}})
     with pytest.raises(ValueError, match="suite 'maniskill'"):
         pool.collect(policy, [PlannedEpisode("libero_spatial", 0, 0, 0)], torch.Generator())

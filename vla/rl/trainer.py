@@ -301,6 +301,10 @@ def _check_replicas(cfg: ExperimentConfig, place: Dist) -> None:
                           "replica rolls out on its own env workers: use one or the other")
     if cfg.rl.algo == "td3":
         raise ConfigError("rl.algo=td3 trains its small residual and critics in one process; run it without torchrun")
+    if cfg.rl.batched_envs:
+        # ManiSkill places its GPU simulation itself; one per rank on its own GPU is not wired in
+        raise ConfigError("rl.batched_envs runs one GPU simulation in one process; under torchrun use rl.workers "
+                          "env processes per replica, or one process with a larger rl.batched_envs")
 
 
 def _pool(policy, cfg: ExperimentConfig):
