@@ -116,6 +116,12 @@ def ensure_vulkan() -> None:
     os.environ["VK_ICD_FILENAMES"] = lvp[0]
 
 
+def render_backend() -> str:
+    """Cameras render on the GPU whenever there is one, also for the CPU simulation (worker processes on a GPU
+    machine, which may have no CPU Vulkan driver); on the CPU otherwise (Mesa's lavapipe)."""
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown ManiSkill backend {backend!r}; valid: {', '.join(BACKENDS)}")
@@ -171,7 +177,7 @@ class ManiSkillBatch:
         kwargs: dict[str, Any] = dict(
             num_envs=num_envs, obs_mode="state_dict", control_mode="pd_ee_delta_pose",
             reward_mode="normalized_dense" if reward == "dense" else "sparse",
-            robot_uids=ROBOT, sim_backend=self.backend, render_backend="gpu" if self.backend == "gpu" else "cpu",
+            robot_uids=ROBOT, sim_backend=self.backend, render_backend=render_backend(),
         )
         if cameras:
             kwargs["sensor_configs"] = {"width": image_size, "height": image_size}

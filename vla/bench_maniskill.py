@@ -66,18 +66,30 @@ def _workers(n: int, steps: int) -> tuple[float, float]:
         env.close()
 
 
+def _measured(row: dict, measure: Callable[[], float | tuple[float, float]], key: str = "frames_per_s") -> dict:
+    """One row; a failure (a missing driver, memory) is written into it instead of ending the section."""
+    try:
+        row[key] = measure()
+    except (torch.cuda.OutOfMemoryError, RuntimeError, ValueError) as err:
+        row["note"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return row
+
+
 def bench_maniskill(steps: int = 100, gpu_counts: tuple[int, ...] = GPU_COUNTS) -> list[dict]:
     rows: list[dict] = []
     for rgb in (False, True):
         obs = f"rgb 2x{IMAGE}px" if rgb else "state"
         n_steps = steps if not rgb else max(steps // 10, 3)
-        rows.append({"what": f"{TASK} CPU sim, N=1 (this process), {obs}", "backend": "cpu", "num_envs": 1,
-                     "obs": obs, "frames_per_s": _in_process(1, "cpu", rgb, n_steps)})
-    state, rgb_rate = _workers(2, steps)
-    rows.append({"what": f"{TASK} CPU sim, N=2 worker processes, state", "backend": "cpu", "num_envs": 2,
-                 "obs": "state", "frames_per_s": state})
-    rows.append({"what": f"{TASK} CPU sim, N=2 worker processes, rgb 2x{IMAGE}px", "backend": "cpu", "num_envs": 2,
-                 "obs": f"rgb 2x{IMAGE}px", "frames_per_s": rgb_rate})
+        rows.append(_measured({"what": f"{TASK} CPU sim, N=1 (this process), {obs}", "backend": "cpu",
+                               "num_envs": 1, "obs": obs}, lambda: _in_process(1, "cpu", rgb, n_steps)))
+    pair = _measured({}, lambda: _workers(2, steps), "rates")
+    for k, obs in enumerate(("state", f"rgb 2x{IMAGE}px")):
+        row = {"what": f"{TASK} CPU sim, N=2 worker processes, {obs}", "backend": "cpu", "num_envs": 2, "obs": obs}
+        row.update({"frames_per_s": pair["rates"][k]} if "rates" in pair else {"note": pair["note"]})
+        rows.append(row)
     if not torch.cuda.is_available():
         rows.append({"what": f"GPU rows (N={', '.join(map(str, gpu_counts))}) skipped: no CUDA device on this "
                              "machine", "backend": "gpu"})
@@ -85,12 +97,6 @@ def bench_maniskill(steps: int = 100, gpu_counts: tuple[int, ...] = GPU_COUNTS) 
     for n in gpu_counts:
         for rgb in (False, True):
             obs = f"rgb 2x{IMAGE}px" if rgb else "state"
-            row = {"what": f"{TASK} GPU sim, N={n} (one process), {obs}", "backend": "gpu", "num_envs": n, "obs": obs}
-            try:
-                row["frames_per_s"] = _in_process(n, "gpu", rgb, steps)
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as err:  # as far as memory allows, said so
-                row["note"] = f"failed: {type(err).__name__}: {str(err)[:120]}"
-            finally:
-                torch.cuda.empty_cache()
-            rows.append(row)
+            rows.append(_measured({"what": f"{TASK} GPU sim, N={n} (one process), {obs}", "backend": "gpu",
+                                   "num_envs": n, "obs": obs}, lambda: _in_process(n, "gpu", rgb, steps)))
     return rows

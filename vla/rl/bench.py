@@ -86,13 +86,16 @@ def bench_rl_maniskill(max_steps: int = 48, cpu_episodes: int = 2,
                         EnvPool(1, size, "maniskill", max_steps=max_steps)),
                        (f"rl.batched_envs=1 (CPU sim in this process), {cpu_episodes} episodes",
                         BatchedEnvPool(1, size, max_steps=max_steps, backend="cpu"))):
+        row = {"what": f"ManiSkill PickCube rollout, {what} x {max_steps} steps (flow head, chunk 8)"}
         try:
             _, stats = _maniskill_rollout(pool, policy, cpu_episodes)
+            row.update({"env_frames_per_s": stats.env_steps / stats.seconds, "seconds": stats.seconds,
+                        "policy_seconds": stats.policy_seconds})
+        except (RuntimeError, ValueError) as err:  # e.g. no Vulkan device: said in the row, the section goes on
+            row["note"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
         finally:
             pool.close()
-        rows.append({"what": f"ManiSkill PickCube rollout, {what} x {max_steps} steps (flow head, chunk 8)",
-                     "env_frames_per_s": stats.env_steps / stats.seconds, "seconds": stats.seconds,
-                     "policy_seconds": stats.policy_seconds})
+        rows.append(row)
     if not torch.cuda.is_available():
         rows.append({"what": f"GPU rows (rl.batched_envs = {', '.join(map(str, gpu_counts))}) skipped: no CUDA "
                              "device on this machine"})
