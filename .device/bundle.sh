@@ -4,6 +4,8 @@
 #   .device/build/site.tar.xz   python 3.12 packages (mani_skill, sapien, gymnasium and their imports), pruned
 #                               to what PickCube-class tasks load, so that the carried tree stays under 64 MiB
 #   .device/build/gl/*.deb      the Vulkan / EGL loaders (the NVIDIA driver itself is mounted there)
+#   .device/build/ckpt/         with CKPT=<checkpoint dir>: its weights, config and stats (no optimizer state),
+#                               for check.sh's RL stage
 # Then `.device/check.sh` runs there with `carry: [".device/build"]`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,4 +47,7 @@ if apt-get "${o[@]}" update -qq 2>/dev/null; then
 else
   echo "apt-get update failed (not root?): fetch the loaders with: sudo $0" >&2
 fi
-du -sh "$B"/site.tar.xz "$B"/gl
+if [ -n "${CKPT:-}" ]; then
+  mkdir -p "$B/ckpt" && cp "$CKPT"/{config.json,meta.json,model.safetensors,norm_stats.safetensors} "$B/ckpt/"
+fi
+du -sh "$B"/*
