@@ -38,7 +38,7 @@ b.close()
 PY
 
 stage "2. make bench, ManiSkill sections"
-timeout ${BENCH_S:-240} python3 -m vla.cli bench --out "$OUT/bench" --only maniskill,rl_maniskill
+timeout ${BENCH_S:-300} python3 -m vla.cli bench --out "$OUT/bench" --only maniskill,rl_maniskill
 
 if [ -f .device/build/ckpt/model.safetensors ]; then
   stage "3. vla rl, GPU-parallel rollouts"

@@ -283,7 +283,8 @@ def run_all(out: Path, quick: bool = False, only: list[str] | None = None) -> di
             continue
         results[name] = measure()
         md += [f"## {title}", "", _table(results[name]), ""]
-    (out / "results.md").write_text("\n".join(md))
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+        # after every section: a run stopped part way (a time limit, a crash) keeps what it measured
+        (out / "results.md").write_text("\n".join(md))
+        (out / "results.json").write_text(json.dumps(results, indent=2))
     print("\n".join(md))
     return results
