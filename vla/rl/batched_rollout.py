@@ -6,8 +6,9 @@ start at step 0 they all need a new chunk at the same steps, so each decision is
 over the envs still running. An env whose episode has ended (success or its step limit) idles until the
 wave ends, stepped with zeros, and nothing it does is recorded; the last wave's spare envs replay the
 wave's first episode, unrecorded. Episodes, decisions and their noise streams are those of
-`vla.rl.rollout.EnvPool` (the same `collect` contract, so every algorithm, the overlap and torchrun work
-unchanged), and with N = 1 on the CPU the two give the same episodes.
+`vla.rl.rollout.EnvPool` (the same `collect` contract, so every algorithm and the overlap work unchanged;
+torchrun is refused, since ManiSkill places its GPU simulation itself), and with N = 1 on the CPU the two
+give the same episodes.
 
 Unlike the worker pool this is not crash tolerant: the GPU simulation is this process, so a simulator
 failure ends the run, and the per-iteration checkpoint is what a restart resumes from. ManiSkill 3.0.1
@@ -84,7 +85,8 @@ class BatchedEnvPool:
         sim.reset(seeds + [seeds[0]] * (self.num_envs - len(wave)))
         episodes = [EpisodeRollout(p, TASKS[task].instruction) for p in wave]
         running = np.ones(len(wave), dtype=bool)
-        env_steps, policy_s = 0, 0.0
+        steps = np.zeros(len(wave), dtype=np.int64)
+        policy_s = 0.0
         while running.any():
             live = np.flatnonzero(running)
             # rendered, and copied to the host once: the learner's batch keeps the observations there
@@ -95,24 +97,28 @@ class BatchedEnvPool:
             actions = self._decide(policy, images, states, [episodes[i] for i in live], [keys[i] for i in live],
                                    live, base_seed, chunk)
             policy_s += time.perf_counter() - t0
+            # per-env bookkeeping as array operations: with hundreds of envs a Python loop per env and step
+            # would cost more than the GPU simulation's step
+            chunk_reward = np.zeros(len(wave))
             for t in range(chunk):
                 reward, success = sim.step(actions[:, t])
-                reward, success = reward.cpu().numpy(), success.cpu().numpy()
-                for i in np.flatnonzero(running):
-                    episode = episodes[i]
-                    episode.steps += 1
-                    env_steps += 1
-                    if self.reward == "dense":
-                        episode.decisions[-1].reward += float(reward[i])
-                    if success[i]:
-                        episode.success = True
-                        if self.reward == "sparse":
-                            episode.decisions[-1].reward += 1.0
-                    if success[i] or episode.steps >= max_steps:
-                        running[i] = False
+                reward, success = reward.cpu().numpy()[:len(wave)], success.cpu().numpy()[:len(wave)]
+                steps += running
+                if self.reward == "dense":
+                    chunk_reward += np.where(running, reward, 0.0)
+                succeeded = running & success
+                if self.reward == "sparse":
+                    chunk_reward += succeeded
+                for i in np.flatnonzero(succeeded):
+                    episodes[i].success = True
+                running &= ~(succeeded | (steps >= max_steps))
                 if not running.any():
                     break
-        return episodes, env_steps, policy_s
+            for i in live:  # the envs that decided this chunk earn its reward
+                episodes[i].decisions[-1].reward += float(chunk_reward[i])
+        for episode, n in zip(episodes, steps):
+            episode.steps = int(n)
+        return episodes, int(steps.sum()), policy_s
 
     def _decide(self, policy, images: np.ndarray, states: np.ndarray, episodes: list[EpisodeRollout],
                 keys: list[int], live: np.ndarray, base_seed: int, chunk: int) -> np.ndarray:

@@ -24,9 +24,11 @@ from vla.rl.rollout import EnvPool, PlannedEpisode, RolloutStats
 from vla.random_policy import random_policy
 
 
-def _fake_advantages(episodes) -> list[np.ndarray]:
-    """Alternating +1 / -1 per episode: the update does its full work whatever the episodes' outcomes."""
-    return [np.full(len(e.decisions), 1.0 if k % 2 else -1.0) for k, e in enumerate(episodes)]
+def _fake_batch(episodes):
+    """The episodes' decisions with alternating +1 / -1 advantages per episode and zero returns: the update
+    does its full work whatever the episodes' outcomes."""
+    advantages = [np.full(len(e.decisions), 1.0 if k % 2 else -1.0) for k, e in enumerate(episodes)]
+    return flatten(episodes, advantages, [np.zeros(len(e.decisions)) for e in episodes])
 
 
 def bench_rl(episodes: int = 8, max_steps: int = 64, workers: int = 2) -> list[dict]:
@@ -39,7 +41,7 @@ def bench_rl(episodes: int = 8, max_steps: int = 64, workers: int = 2) -> list[d
         pool.collect(policy, plan[:workers], torch.Generator().manual_seed(0))  # build the scenes once
         episodes_, stats_ = pool.collect(policy, plan, torch.Generator().manual_seed(1))
         # every episode is a failure here, so give the update fake group-relative advantages
-        batch = flatten(episodes_, _fake_advantages(episodes_), [np.zeros(len(e.decisions)) for e in episodes_])
+        batch = _fake_batch(episodes_)
 
         def train_once() -> float:
             tic = time.perf_counter()
@@ -107,7 +109,7 @@ def bench_rl_maniskill(max_steps: int = 48, cpu_episodes: int = 2,
         pool = BatchedEnvPool(n, size, max_steps=max_steps, backend="gpu")
         try:
             episodes, stats = _maniskill_rollout(pool, policy, n)
-            batch = flatten(episodes, _fake_advantages(episodes), [np.zeros(len(e.decisions)) for e in episodes])
+            batch = _fake_batch(episodes)
             tic = time.perf_counter()
             learner = copy.deepcopy(policy)
             update(learner, batch, make_optimizer(learner, policy.cfg.rl), policy.cfg.rl,
