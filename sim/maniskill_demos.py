@@ -1,4 +1,4 @@
-"""ManiSkill demonstrations (its PickCube motion-planning solution) written as a LeRobot dataset, in the same
+"""ManiSkill demonstrations (its PickCube and PushCube motion-planning solutions) written as a LeRobot dataset, in the same
 layout `sim.demos` writes for LIBERO: agent-view + wrist images, 8-dim state, 7-dim action, the task string.
 
 Each episode is recorded live in `ManiSkillEnv` with both cameras (observation before the action, the action
@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from sim.demo_writer import finish_task_stats, write_episode
-from sim.experts import maniskill_pick_cube as expert
+from sim.experts import maniskill_pick_cube, maniskill_push_cube
 from sim.maniskill import SUITE, TASKS, ManiSkillEnv, resolve_task
 from vla.data.features import ACTION_KEY, CAMERA_TO_KEY, LIBERO_FPS, STATE_KEY, libero_features
 
 DEMO_FIRST_INIT_STATE = 1000
 MAX_ATTEMPTS_FACTOR = 3  # give up on a task after 3x the requested episodes
+EXPERTS = {"PickCube-v1": maniskill_pick_cube.solve, "PushCube-v1": maniskill_push_cube.solve}  # env id -> solve
 
 
 def generate_maniskill_demos(suite: str, task_ids: list[int | str], episodes_per_task: int, root: Path,
@@ -40,10 +41,10 @@ def generate_maniskill_demos(suite: str, task_ids: list[int | str], episodes_per
     if episodes_per_task <= 0:
         raise ValueError(f"episodes_per_task must be positive, got {episodes_per_task}")
     ids = [resolve_task(suite, t) for t in task_ids]
-    unsupported = [TASKS[t].env_id for t in ids if TASKS[t].env_id not in expert.SUPPORTED]
+    unsupported = [TASKS[t].env_id for t in ids if TASKS[t].env_id not in EXPERTS]
     if unsupported:
-        supported = [i for i, t in enumerate(TASKS) if t.env_id in expert.SUPPORTED]
-        raise ValueError(f"no ManiSkill expert for {unsupported}; tasks with demos: {supported} ({expert.SUPPORTED})")
+        supported = [i for i, t in enumerate(TASKS) if t.env_id in EXPERTS]
+        raise ValueError(f"no ManiSkill expert for {unsupported}; tasks with demos: {supported} ({', '.join(EXPERTS)})")
     ds = LeRobotDataset.create(repo_id=repo_id, fps=LIBERO_FPS, root=root,
                                features=libero_features(image_size, use_videos), robot_type="panda",
                                use_videos=use_videos)
@@ -78,7 +79,7 @@ def record_episode(env: ManiSkillEnv, init_state_index: int) -> tuple[list[dict[
         current["obs"] = result.observation
         return result.done
 
-    ok = expert.solve(env, step, env.max_steps)
+    ok = EXPERTS[env.task_name](env, step, env.max_steps)
     return frames, ok
 
 

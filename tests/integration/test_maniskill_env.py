@@ -81,6 +81,35 @@ def test_expert_reaches_success_from_the_env(env):
     assert env.raw_env().evaluate()["success"].item()
 
 
+def test_push_cube_expert_pushes_the_cube_onto_the_target():
+    """The PushCube expert succeeds from the env's own success on held-out starts, and it really pushed: the cube
+    moved +x towards the target and stayed on the table."""
+    from sim import make_env
+    from sim.experts import maniskill_push_cube as expert
+
+    env = make_env("maniskill", "maniskill", "PushCube-v1", image_size=32)
+    try:
+        for init_state in (0, 7):
+            env.reset(init_state)
+            cube_before = env.raw_env().obj.pose.sp.p.copy()
+            results = []
+
+            def step(action):
+                results.append(env.step(action, observe=False))
+                return results[-1].done
+
+            assert expert.solve(env, step, env.max_steps), f"init state {init_state}"
+            assert results[-1].info["success"] and not any(r.done for r in results[:-1])
+            cube_after = env.raw_env().obj.pose.sp.p
+            assert cube_after[0] - cube_before[0] > 0.09 and abs(cube_after[1] - cube_before[1]) < 0.02
+            assert cube_after[2] < 0.03
+            assert results[-1].observation.state[6:].max() < 0.02  # pushed with closed fingers
+        with pytest.raises(ValueError, match="PushCube-v1"):
+            expert.solve(type("PickCubeEnv", (), {"task_name": "PickCube-v1"})(), lambda a: False, 10)
+    finally:
+        env.close()
+
+
 def test_bad_input_raises(env):
     from sim.maniskill import resolve_task
 
@@ -142,3 +171,11 @@ def test_vector_env_class_of_the_gpu_path_on_the_cpu():
         ManiSkillBatch(0, num_envs=2, backend="cpu")
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         make_vector_env(0, 0)
+
+
+def test_demos_refuse_a_task_without_an_expert(tmp_path):
+    from sim.maniskill_demos import generate_maniskill_demos
+
+    with pytest.raises(ValueError, match=r"(?s)StackCube-v1.*tasks with demos: \[0, 2\]"):
+        generate_maniskill_demos("maniskill", ["StackCube"], 2, tmp_path / "demos", "local/demos")
+    assert not (tmp_path / "demos").exists()
