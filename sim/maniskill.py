@@ -10,7 +10,10 @@ What the toolkit sees is what it sees from LIBERO:
 - cameras: `agentview` = the task's `base_camera`, `wrist` = the Panda wrist camera (robot `panda_wristcam`),
   upright, uint8, square at `image_size`.
 - success: the env's own `success`; reward is ManiSkill's sparse reward (1 on success), or with
-  `reward="dense"` (RL only) its `normalized_dense` reward (in [0, 1] per step, 1 on success).
+  `reward="dense"` (RL only) its `normalized_dense` reward (in [0, 1] per step, 1 on success), and on the
+  success step also 1 for every step the episode had left (`success_hold_reward`): the episode ends at success,
+  and without that credit a policy that hovers just short of success, earning ~0.5 per step until the time
+  limit, would out-earn one that succeeds.
 - init states: index i is the seeded reset `seed * 100_000 + i` (reproducible; 50 indexed per task by
   convention, like LIBERO's fixed init states, but any index works).
 
@@ -91,6 +94,13 @@ def resolve_task(suite: str, task: int | str) -> int:
 def num_init_states(suite: str, task: int | str) -> int:
     resolve_task(suite, task)
     return NUM_INIT_STATES
+
+
+def success_hold_reward(steps_taken: int | np.ndarray, max_steps: int) -> float | np.ndarray:
+    """Dense reward added on the success step: the per-step maximum (1) for each of the episode's remaining steps,
+    as if it stayed at success until its time limit. The episode's end at success then never costs reward, so an
+    earlier success always earns more than any path that keeps the episode running."""
+    return (max_steps - steps_taken) * 1.0
 
 
 def episode_seed(seed: int, init_state_index: int) -> int:
@@ -260,6 +270,7 @@ class ManiSkillEnv:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
         self.seed, self.image_size = seed, image_size
         self._batch = ManiSkillBatch(self.task_id, 1, image_size, backend="cpu", reward=reward)
+        self.reward = reward
         self._steps, self._random_resets = 0, 0
         self._needs_reset = True
         self._frames: dict[str, np.ndarray] = {}
@@ -299,7 +310,10 @@ class ManiSkillEnv:
         self._steps += 1
         done = bool(success[0])
         info = {"success": done, "steps": self._steps, "truncated": self._steps >= self.max_steps}
-        return StepResult(self._observation(render=observe), float(reward[0]), done, info)
+        r = float(reward[0])
+        if done and self.reward == "dense":
+            r += success_hold_reward(self._steps, self.max_steps)
+        return StepResult(self._observation(render=observe), r, done, info)
 
     def raw_env(self) -> Any:
         """The underlying ManiSkill env (privileged state: experts, debugging)."""

@@ -102,3 +102,26 @@ def test_maniskill_dense_reward_is_its_normalized_dense_reward():
         sparse.close()
     assert all(0.0 < r < 1.0 for r in dense_rewards)  # a reaching term, short of success
     assert sparse_rewards == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.maniskill
+def test_maniskill_success_step_is_credited_the_steps_it_did_not_need():
+    """Episodes end at success; the success step earns 1 for each remaining step, so succeeding beats hovering."""
+    from sim.experts import maniskill_push_cube as expert
+    from sim.maniskill import ManiSkillEnv
+
+    env = ManiSkillEnv("maniskill", "PushCube-v1", image_size=32, reward="dense")
+    try:
+        env.reset(5)
+        results = []
+
+        def step(action):
+            results.append(env.step(action, observe=False))
+            return results[-1].done
+
+        assert expert.solve(env, step, env.max_steps)
+    finally:
+        env.close()
+    steps = len(results)
+    assert steps < env.max_steps and all(0.0 <= r.reward < 1.0 for r in results[:-1])
+    assert results[-1].reward == pytest.approx(1.0 + env.max_steps - steps)

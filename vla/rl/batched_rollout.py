@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sim.base import check_reward_mode
-from sim.maniskill import CAMERAS, SUITE, TASKS, ManiSkillBatch, episode_seed, resolve_task
+from sim.maniskill import CAMERAS, SUITE, TASKS, ManiSkillBatch, episode_seed, resolve_task, success_hold_reward
 from vla.heads.noise import EpisodeNoise, stream_seed
 from vla.rl.rollout import Decision, EpisodeRollout, PlannedEpisode, RolloutStats
 
@@ -109,6 +109,8 @@ class BatchedEnvPool:
                 succeeded = running & success
                 if self.reward == "sparse":
                     chunk_reward += succeeded
+                else:  # the same credit the CPU env's step gives (ManiSkillEnv.step)
+                    chunk_reward += np.where(succeeded, success_hold_reward(steps, max_steps), 0.0)
                 for i in np.flatnonzero(succeeded):
                     episodes[i].success = True
                 running &= ~(succeeded | (steps >= max_steps))
