@@ -128,12 +128,18 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
                 loss.backward()
             if sync is not None:
                 sync.average_gradients(params, float(count), total)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            if not torch.isfinite(grad_norm):
+            # each group (actor, critic, temperature) clipped on its own: the critic regresses raw returns, and a
+            # large value loss clipped together with the actor would scale the actor's step down with it
+            norms = {g.get("name", "actor" if i == 0 else f"group{i}"):  # a plain optimizer: the first group acts
+                     torch.nn.utils.clip_grad_norm_(g["params"], cfg.max_grad_norm)
+                     for i, g in enumerate(optimizer.param_groups)}
+            if not all(torch.isfinite(n) for n in norms.values()):
                 raise FloatingPointError("non-finite RL gradient; lower rl.lr or check the rewards")
             optimizer.step()
             steps += 1
-            _add(logs, grad_norm=grad_norm)
+            _add(logs, grad_norm=norms["actor"])
+            if "critic" in norms and train_critic:
+                _add(logs, critic_grad_norm=norms["critic"])
     out = {k: float(np.mean(v)) for k, v in logs.items()}
     if "chunk_kl" in logs:
         out["chunk_kl_max"] = float(np.max(logs["chunk_kl"]))
