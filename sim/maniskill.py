@@ -10,10 +10,12 @@ What the toolkit sees is what it sees from LIBERO:
 - cameras: `agentview` = the task's `base_camera`, `wrist` = the Panda wrist camera (robot `panda_wristcam`),
   upright, uint8, square at `image_size`.
 - success: the env's own `success`; reward is ManiSkill's sparse reward (1 on success), or with
-  `reward="dense"` (RL only) its `normalized_dense` reward (in [0, 1] per step, 1 on success), and on the
-  success step also 1 for every step the episode had left (`success_hold_reward`): the episode ends at success,
-  and without that credit a policy that hovers just short of success, earning ~0.5 per step until the time
-  limit, would out-earn one that succeeds.
+  `reward="dense"` (RL only) its `normalized_dense` reward (in [0, 1] per step, 1 on success) divided by the
+  episode's max steps, with the success step also credited the steps the episode had left
+  (`dense_step_reward`): an episode's return is then in [0, 1] like the sparse one (a critic regressing
+  returns of 20-80 barely moves at RL's learning rates), and since the episode ends at success, without the
+  credit a policy that hovers just short of success, earning ~0.5 per step until the time limit, would
+  out-earn one that succeeds.
 - init states: index i is the seeded reset `seed * 100_000 + i` (reproducible; 50 indexed per task by
   convention, like LIBERO's fixed init states, but any index works).
 
@@ -96,11 +98,13 @@ def num_init_states(suite: str, task: int | str) -> int:
     return NUM_INIT_STATES
 
 
-def success_hold_reward(steps_taken: int | np.ndarray, max_steps: int) -> float | np.ndarray:
-    """Dense reward added on the success step: the per-step maximum (1) for each of the episode's remaining steps,
-    as if it stayed at success until its time limit. The episode's end at success then never costs reward, so an
-    earlier success always earns more than any path that keeps the episode running."""
-    return (max_steps - steps_taken) * 1.0
+def dense_step_reward(reward: float | np.ndarray, success: bool | np.ndarray, steps_taken: int | np.ndarray,
+                      max_steps: int) -> float | np.ndarray:
+    """One step's RL reward from ManiSkill's normalized dense reward (in [0, 1]), in units of the episode's budget.
+    On the success step the per-step maximum (1) is also credited for each remaining step, as if the episode
+    stayed at success until its time limit: the episode's end at success then never costs reward, so an earlier
+    success always earns more than any path that keeps the episode running, and a return is at most 1."""
+    return (reward + success * (max_steps - steps_taken)) / max_steps
 
 
 def episode_seed(seed: int, init_state_index: int) -> int:
@@ -311,8 +315,8 @@ class ManiSkillEnv:
         done = bool(success[0])
         info = {"success": done, "steps": self._steps, "truncated": self._steps >= self.max_steps}
         r = float(reward[0])
-        if done and self.reward == "dense":
-            r += success_hold_reward(self._steps, self.max_steps)
+        if self.reward == "dense":
+            r = float(dense_step_reward(r, done, self._steps, self.max_steps))
         return StepResult(self._observation(render=observe), r, done, info)
 
     def raw_env(self) -> Any:

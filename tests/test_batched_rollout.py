@@ -78,9 +78,9 @@ def test_a_wave_of_envs_gives_each_episode_as_if_played_alone(reward):
     for ep in together:  # success at step 2 + seed % 9 unless the 10-step limit comes first
         first = 2 + episode_seed(ep.plan.seed, ep.plan.init_state) % 9
         assert ep.steps == min(first, 10) and ep.success == (first <= 10)
-        # dense: 0.1 per step, and a success is credited 1 for each of the 10 steps it did not need
+        # dense: 0.1 per step, a success credited 1 for each of the 10 steps it did not need, all / 10 steps
         held = (10 - ep.steps) * float(ep.success)
-        assert ep.ret == pytest.approx(float(ep.success) if reward == "sparse" else 0.1 * ep.steps + held)
+        assert ep.ret == pytest.approx(float(ep.success) if reward == "sparse" else (0.1 * ep.steps + held) / 10)
         assert len(ep.decisions) == -(-ep.steps // 4)  # one per started chunk of 4
         outcomes.add((ep.success, ep.steps))
     assert len(outcomes) >= 3  # episodes of different lengths shared a wave

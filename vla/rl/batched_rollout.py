@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sim.base import check_reward_mode
-from sim.maniskill import CAMERAS, SUITE, TASKS, ManiSkillBatch, episode_seed, resolve_task, success_hold_reward
+from sim.maniskill import CAMERAS, SUITE, TASKS, ManiSkillBatch, dense_step_reward, episode_seed, resolve_task
 from vla.heads.noise import EpisodeNoise, stream_seed
 from vla.rl.rollout import Decision, EpisodeRollout, PlannedEpisode, RolloutStats
 
@@ -104,13 +104,11 @@ class BatchedEnvPool:
                 reward, success = sim.step(actions[:, t])
                 reward, success = reward.cpu().numpy()[:len(wave)], success.cpu().numpy()[:len(wave)]
                 steps += running
-                if self.reward == "dense":
-                    chunk_reward += np.where(running, reward, 0.0)
                 succeeded = running & success
-                if self.reward == "sparse":
+                if self.reward == "dense":  # the CPU env's step gives the same (ManiSkillEnv.step)
+                    chunk_reward += np.where(running, dense_step_reward(reward, succeeded, steps, max_steps), 0.0)
+                else:
                     chunk_reward += succeeded
-                else:  # the same credit the CPU env's step gives (ManiSkillEnv.step)
-                    chunk_reward += np.where(succeeded, success_hold_reward(steps, max_steps), 0.0)
                 for i in np.flatnonzero(succeeded):
                     episodes[i].success = True
                 running &= ~(succeeded | (steps >= max_steps))
