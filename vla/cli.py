@@ -1,4 +1,4 @@
-"""`vla` command line: finetune (demos -> BC -> eval), demos, train, eval, sweep, rl, serve, deploy, config, bench."""
+"""`vla` command line: finetune (demos -> BC -> eval), demos, train, eval, fit, sweep, rl, serve, deploy, config, bench."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--ckpt", required=True)
     ev.add_argument("--tasks", default=None, help="comma-separated task ids (default: the ones trained on)")
     ev.add_argument("--episodes", type=int, default=None)
+    fit = sub.add_parser("fit", help="does a BC checkpoint follow the placement? its first chunk against the demos'")
+    fit.add_argument("--ckpt", required=True)
+    fit.add_argument("--episodes", type=int, default=20, help="demos compared (their first frames)")
+    fit.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was trained on")
     rl = sub.add_parser("rl", help="online RL (PPO/GRPO) from a BC checkpoint, evaluated before and after")
     _common(rl)
     rl.add_argument("--ckpt", required=True, help="BC checkpoint (POLICY=residual: the base to freeze)")
@@ -85,6 +89,16 @@ def _run(args) -> int:
         return 0
     if args.cmd == "sweep":
         return _sweep(args)
+    if args.cmd == "fit":
+        from vla.checkpoint import CheckpointError
+        from vla.eval.demo_fit import first_chunk_fit, format_fit
+
+        try:
+            print(format_fit(first_chunk_fit(args.ckpt, args.episodes, args.dataset)))
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.cmd == "rl":
         from vla.rl.ray_rollout import RayRolloutError
         from vla.rl.trainer import train_rl

@@ -67,6 +67,21 @@ def test_finetune_trains_and_evaluates_in_maniskill(finetuned):
     assert json.loads((ckpt / "config.json").read_text())["sim"] == "maniskill"
 
 
+def test_fit_compares_the_first_chunks_with_the_demos_it_was_trained_on(finetuned):
+    """`vla fit` finds the checkpoint's generated demos, decodes their first frames and scores the chunks."""
+    _, out, demos = finetuned
+    cmd = [sys.executable, "-m", "vla.cli", "fit", "--ckpt", str(out / "checkpoints" / "step_0000003"),
+           "--episodes", "5"]
+    run = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"first chunk (4 steps) on the first frame of 2 demos of {demos}" in run.stdout
+    rows = [line.split() for line in run.stdout.splitlines() if line.split()[:1] in (["x"], ["y"], ["gripper"])]
+    assert len(rows) == 3 and all(float(r[2]) >= 0 and r[3] == "nan" for r in rows)  # 2 demos: no correlation
+    missing = subprocess.run([*cmd[:-2], "--dataset", str(demos / "nope")], cwd=ROOT, env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0
+
+
 @pytest.mark.parametrize("rollout", [["rl.workers=1"], ["rl.batched_envs=1"]], ids=["workers", "batched"])
 def test_rl_runs_on_maniskill(finetuned, tmp_path, rollout):
     _, out, _ = finetuned
