@@ -70,3 +70,20 @@ def test_streaming_frames_equal_cached_frames(synthetic_dataset):
     for key in ("images", "state", "action", "action_pad"):
         assert (cached[key] == streamed[key]).all(), key
     assert cached["task"] == streamed["task"]
+
+
+def test_streaming_video_frames_decode_in_one_thread_and_equal_cached_frames(tmp_path):
+    """Concurrent decoding of one dataset's videos returned wrong frames or segfaulted: video is read serially."""
+    from vla.data.dataset import StreamingFrames
+
+    root = write_synthetic_dataset(tmp_path / "video", episodes=3, frames=40, use_videos=True)
+    ds = open_dataset(str(root), chunk_size=4)
+    layout = validate_dataset(ds, ["agentview", "wrist"], 7, use_state=True)
+    streaming = StreamingFrames(ds, layout, image_size=16, threads=4)
+    assert streaming.threads == 1
+    indices = list(range(0, 120, 7))
+    cached = FrameCache(ds, layout, 4, image_size=16).batch(indices)
+    for _ in range(4):
+        streamed = streaming.batch(indices)
+        for key in ("images", "state", "action", "action_pad"):
+            assert (cached[key] == streamed[key]).all(), key

@@ -148,7 +148,9 @@ class FrameCache:
 
 class StreamingFrames:
     """Reads each batch through lerobot (video decode per access), for datasets too big to cache.
-    Same `batch()` output as FrameCache; frames are decoded by a small thread pool."""
+    Same `batch()` output as FrameCache; image frames are read by a small thread pool, video frames by one
+    thread: lerobot's video decoding is not thread-safe (concurrent reads of one dataset's videos returned
+    frames from the wrong time, or crashed the process with a segfault)."""
 
     def __init__(self, ds, layout: DatasetLayout, image_size: int, threads: int = 4):
         from concurrent.futures import ThreadPoolExecutor
@@ -156,7 +158,8 @@ class StreamingFrames:
         if ds.delta_indices is None:
             raise DatasetError("streaming needs the dataset opened with an action window (open_dataset(chunk_size=...))")
         self.ds, self.layout, self.image_size = ds, layout, image_size
-        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.threads = 1 if ds.meta.video_keys else threads
+        self.pool = ThreadPoolExecutor(max_workers=self.threads)
 
     def __len__(self) -> int:
         return self.ds.num_frames
