@@ -59,3 +59,16 @@ def ray_address():
         yield info.address_info["gcs_address"]
     finally:
         ray.shutdown()  # stops the cluster this process started
+
+
+def play_expert(env, solve, init_state: int) -> tuple[bool, list]:
+    """Reset `env` to `init_state` and let a scripted expert's `solve(env, step, max_steps)` drive it without
+    rendering; returns (what solve returned, every StepResult in order)."""
+    env.reset(init_state)
+    results = []
+
+    def step(action):
+        results.append(env.step(action, observe=False))
+        return results[-1].done
+
+    return solve(env, step, env.max_steps), results

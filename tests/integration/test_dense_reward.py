@@ -108,19 +108,15 @@ def test_maniskill_dense_reward_is_its_normalized_dense_reward():
 def test_maniskill_success_step_is_credited_the_steps_it_did_not_need():
     """Episodes end at success; the success step earns 1 for each remaining step, so succeeding beats hovering;
     every step's reward is in units of the episode's budget, so the return is at most 1."""
+    from conftest import play_expert
+
     from sim.experts import maniskill_push_cube as expert
     from sim.maniskill import ManiSkillEnv
 
     env = ManiSkillEnv("maniskill", "PushCube-v1", image_size=32, reward="dense")
     try:
-        env.reset(5)
-        results = []
-
-        def step(action):
-            results.append(env.step(action, observe=False))
-            return results[-1].done
-
-        assert expert.solve(env, step, env.max_steps)
+        solved, results = play_expert(env, expert.solve, 5)
+        assert solved
     finally:
         env.close()
     steps = len(results)

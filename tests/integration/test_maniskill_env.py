@@ -66,16 +66,12 @@ def test_same_init_state_same_scene_and_observe_false_keeps_frames(env):
 
 
 def test_expert_reaches_success_from_the_env(env):
+    from conftest import play_expert
+
     from sim.experts import maniskill_pick_cube as expert
 
-    env.reset(1)
-    results = []
-
-    def step(action):
-        results.append(env.step(action, observe=False))
-        return results[-1].done
-
-    assert expert.solve(env, step, env.max_steps)
+    solved, results = play_expert(env, expert.solve, 1)
+    assert solved
     assert results[-1].done and results[-1].reward == 1.0 and results[-1].info["success"]
     assert not any(r.done for r in results[:-1])
     assert env.raw_env().evaluate()["success"].item()
@@ -84,6 +80,8 @@ def test_expert_reaches_success_from_the_env(env):
 def test_push_cube_expert_pushes_the_cube_onto_the_target():
     """The PushCube expert succeeds from the env's own success on held-out starts, and it really pushed: the cube
     moved +x towards the target and stayed on the table."""
+    from conftest import play_expert
+
     from sim import make_env
     from sim.experts import maniskill_push_cube as expert
 
@@ -92,13 +90,8 @@ def test_push_cube_expert_pushes_the_cube_onto_the_target():
         for init_state in (0, 7):
             env.reset(init_state)
             cube_before = env.raw_env().obj.pose.sp.p.copy()
-            results = []
-
-            def step(action):
-                results.append(env.step(action, observe=False))
-                return results[-1].done
-
-            assert expert.solve(env, step, env.max_steps), f"init state {init_state}"
+            solved, results = play_expert(env, expert.solve, init_state)
+            assert solved, f"init state {init_state}"
             assert results[-1].info["success"] and not any(r.done for r in results[:-1])
             cube_after = env.raw_env().obj.pose.sp.p
             assert cube_after[0] - cube_before[0] > 0.09 and abs(cube_after[1] - cube_before[1]) < 0.02
