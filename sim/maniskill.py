@@ -13,7 +13,7 @@ What the toolkit sees is what it sees from LIBERO:
   `reward="dense"` (RL only) its `normalized_dense` reward (in [0, 1] per step, 1 on success) divided by the
   episode's max steps, with the success step also credited the steps the episode had left
   (`dense_step_reward`): an episode's return is then in [0, 1] like the sparse one (a critic regressing
-  returns of 20-80 barely moves at RL's learning rates), and since the episode ends at success, without the
+  returns of 15-45 barely moves at RL's learning rates), and since the episode ends at success, without the
   credit a policy that hovers just short of success, earning ~0.5 per step until the time limit, would
   out-earn one that succeeds.
 - init states: index i is the seeded reset `seed * 100_000 + i` (reproducible; 50 indexed per task by

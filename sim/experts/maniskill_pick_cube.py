@@ -12,33 +12,19 @@ end-effector conversion and no replay mismatch), on the CPU or GPU simulation al
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from sim.maniskill import POS_SCALE, ROT_SCALE, ManiSkillEnv
+from sim.experts.maniskill_moves import CLOSE, OPEN, Legs, Step, move_action
+from sim.maniskill import ManiSkillEnv
 
-OPEN, CLOSE = -1.0, 1.0
 FINGER_LENGTH = 0.025  # as in ManiSkill's solution
-SPEED = 0.02  # metres of commanded motion per step (20 Hz: 0.4 m/s)
-POS_TOL = 0.004
-ROT_TOL = 0.03
 CLOSE_STEPS = 8
 SUPPORTED = ("PickCube-v1",)
-
-Step = Callable[[np.ndarray], bool]  # executes one action, returns success
 
 
 def supported(env: ManiSkillEnv) -> bool:
     return env.task_name in SUPPORTED
-
-
-def _tcp(env: ManiSkillEnv) -> tuple[np.ndarray, Rotation]:
-    pose = env.raw_env().agent.tcp.pose
-    p = pose.p[0].cpu().numpy().astype(np.float64)
-    w, x, y, z = pose.q[0].cpu().numpy().astype(np.float64)
-    return p, Rotation.from_quat([x, y, z, w])
 
 
 def grasp_pose(env: ManiSkillEnv) -> tuple[np.ndarray, Rotation, np.ndarray]:
@@ -56,53 +42,20 @@ def grasp_pose(env: ManiSkillEnv) -> tuple[np.ndarray, Rotation, np.ndarray]:
     return np.asarray(pose.p, dtype=np.float64), Rotation.from_quat([x, y, z, w]), np.asarray(goal, dtype=np.float64)
 
 
-def move_action(env: ManiSkillEnv, target_p: np.ndarray, target_r: Rotation, gripper: float,
-                speed: float = SPEED) -> tuple[np.ndarray, float, float]:
-    """One toolkit action towards the target pose: (action, position error m, rotation error rad)."""
-    p, r = _tcp(env)
-    dp = target_p - p
-    dist = float(np.linalg.norm(dp))
-    move = dp * min(1.0, speed / max(dist, 1e-9))
-    rotvec = (target_r * r.inv()).as_rotvec()  # world-frame rotation still to go
-    angle = float(np.linalg.norm(rotvec))
-    turn = rotvec * min(1.0, 2.0 * speed / max(angle, 1e-9))  # ~0.04 rad per step at most
-    action = np.concatenate([move / POS_SCALE, turn / ROT_SCALE, [gripper]])
-    return np.clip(action, -1.0, 1.0), dist, angle
-
-
 def solve(env: ManiSkillEnv, step: Step, max_steps: int) -> bool:
     """Run the solution from the env's current (just reset) state through `step`; True once it succeeds."""
     if not supported(env):
         raise ValueError(f"the ManiSkill expert solves {SUPPORTED}, not {env.task_name}")
     grasp_p, grasp_r, goal_p = grasp_pose(env)
     reach_p = grasp_p + grasp_r.apply([0.0, 0.0, -0.05])  # grasp * Pose([0, 0, -0.05]), as in the solution
-    used = 0
-
-    def run(action: np.ndarray) -> bool:
-        nonlocal used
-        used += 1
-        return step(action)
-
-    def leg(target_p: np.ndarray, gripper: float, limit: int) -> bool:
-        for _ in range(limit):
-            action, dist, angle = move_action(env, target_p, grasp_r, gripper)
-            if run(action):
-                return True
-            if (dist < POS_TOL and angle < ROT_TOL) or used >= max_steps:
-                break
-        return False
-
-    if leg(reach_p, OPEN, 60) or leg(grasp_p, OPEN, 30):
+    legs = Legs(env, step, max_steps)
+    if legs.move(reach_p, grasp_r, OPEN, 60) or legs.move(grasp_p, grasp_r, OPEN, 30):
         return True
-    for _ in range(CLOSE_STEPS):
-        if used >= max_steps:
-            return False
-        if run(np.concatenate([np.zeros(6), [CLOSE]])):
-            return True
-    if leg(goal_p, CLOSE, 80):
+    if legs.hold(CLOSE, CLOSE_STEPS):
         return True
-    while used < max_steps:  # hold at the goal until the robot is static (part of PickCube's success)
-        action, _, _ = move_action(env, goal_p, grasp_r, CLOSE)
-        if run(action):
+    if legs.move(goal_p, grasp_r, CLOSE, 80):
+        return True
+    while not legs.exhausted:  # hold at the goal until the robot is static (part of PickCube's success)
+        if legs.act(move_action(env, goal_p, grasp_r, CLOSE)[0]):
             return True
     return False

@@ -3,14 +3,14 @@
 ManiSkill's own solution (`mani_skill.examples.motionplanning.panda.solutions.push_cube`) closes the gripper,
 moves the closed fingers 5 cm behind the cube (the -x side; the target is always +x of the cube) and pushes
 straight towards the target. The same legs are tracked here closed-loop with `pd_ee_delta_pose` steps, as for
-PickCube (see `maniskill_pick_cube` for why mplib is not used), with one leg added: the fingers come down behind
+PickCube (`maniskill_moves`), with one leg added: the fingers come down behind
 the cube from above instead of along the straight line from the start pose, which can clip the cube.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from sim.experts.maniskill_pick_cube import CLOSE, POS_TOL, ROT_TOL, Step, _tcp, move_action
+from sim.experts.maniskill_moves import CLOSE, Legs, Step, tcp_pose
 from sim.maniskill import ManiSkillEnv
 
 SUPPORTED = ("PushCube-v1",)
@@ -36,28 +36,11 @@ def solve(env: ManiSkillEnv, step: Step, max_steps: int) -> bool:
     if env.task_name not in SUPPORTED:
         raise ValueError(f"the PushCube expert solves {SUPPORTED}, not {env.task_name}")
     start, end = push_points(env)
-    _, orientation = _tcp(env)  # keep the start orientation (fingers down), as the solution does
-    used = 0
-
-    def leg(target_p: np.ndarray, limit: int, speed: float) -> bool:
-        nonlocal used
-        for _ in range(limit):
-            if used >= max_steps:
-                return False
-            action, dist, angle = move_action(env, target_p, orientation, CLOSE, speed=speed)
-            used += 1
-            if step(action):
-                return True
-            if dist < POS_TOL and angle < ROT_TOL:
-                break
-        return False
-
-    if leg(start + np.array([0.0, 0.0, ABOVE]), 40, 0.02) or leg(start, 20, 0.02):
+    _, orientation = tcp_pose(env)  # keep the start orientation (fingers down), as the solution does
+    legs = Legs(env, step, max_steps)
+    if legs.move(start + np.array([0.0, 0.0, ABOVE]), orientation, CLOSE, 40) or \
+            legs.move(start, orientation, CLOSE, 20):
         return True
-    if leg(end, 40, PUSH_SPEED):
+    if legs.move(end, orientation, CLOSE, 40, speed=PUSH_SPEED):
         return True
-    while used < max_steps:  # hold still; success is checked every step
-        used += 1
-        if step(np.concatenate([np.zeros(6), [CLOSE]])):
-            return True
-    return False
+    return legs.hold(CLOSE)  # hold still; success is checked every step

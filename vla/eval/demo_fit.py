@@ -60,7 +60,7 @@ def first_chunk_fit(ckpt: str | Path, episodes: int = 20, dataset: str | None = 
     ds = open_dataset(source, cfg.head.chunk_size)
     layout = validate_dataset(ds, cfg.data.cameras, cfg.head.action_dim, cfg.data.use_state)
     starts = episode_starts(np.asarray(ds.hf_dataset["episode_index"]))[:episodes]
-    frames = StreamingFrames(ds, layout, policy.backbone.image_size, threads=1)  # one decoder: see README, Training
+    frames = StreamingFrames(ds, layout, policy.backbone.image_size)
     batch = frames.batch(starts)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
