@@ -214,6 +214,12 @@ def _trace(kinds_by_tick, positions, ticks):
     return [kinds_by_tick[t] for t in ticks if t in kinds_by_tick], [positions[t] for t in ticks if t in positions]
 
 
+def _executed_from(ticks, start: int) -> list[int]:
+    """The ticks the loop ran from `start` on: a loaded machine makes it skip ticks to stay on the wall clock
+    (`overrun`), so latencies are counted in executed ticks, not tick numbers."""
+    return sorted(t for t in ticks if t >= start)
+
+
 def _assert_held_still(positions, tail=5):
     """From the first hold tick: the arm coasts to a stop (robosuite's OSC gains are soft: ~2 cm from
     0.3 m/s) and is at rest by the end of the window."""
@@ -271,16 +277,22 @@ def test_latency_spikes_hold_the_arm_until_answers_are_on_time_again(robot, fake
 def test_a_frozen_camera_holds_the_arm_until_frames_flow_again(robot, fake_policy):
     fake_policy.mode = "normal"
     cams = {n: FreezableCamera(SimCamera(robot, n, SIZE, SIZE)) for n in ("agentview", "wrist")}
-    held, pos = {}, {}
+    held, pos, ran = {}, {}, {}
+    stop = threading.Event()
 
     def on_tick(tick, obs, command):
-        cams["wrist"].freeze = 15 <= tick < 45
-        held[tick], pos[tick] = command.hold, obs.state.ee_position.copy()
+        # the scenario counts ticks run, not tick numbers: a loaded machine skips numbers (overrun) and the
+        # simulated arm moves only on ticks that ran, so a window in tick numbers could end before it settles
+        k = ran[tick] = len(ran)
+        cams["wrist"].freeze = 15 <= k < 45
+        held[k], pos[k] = command.hold, obs.state.ee_position.copy()
+        if k >= 64:
+            stop.set()
 
-    stats, log = _run(robot, fake_policy.port, on_tick, 65, cameras=cams)
+    stats, log = _run(robot, fake_policy.port, on_tick, 1000, cameras=cams, stop=stop)
     assert [f["fault"] for e, f in log if e == "fault"] == ["camera:wrist"]
-    first = next(f["tick"] for e, f in log if e == "fault")
-    assert first <= 18
+    first = ran[next(f["tick"] for e, f in log if e == "fault")]
+    assert first <= 18  # the frame ages past one period within a few ticks
     stall_holds, stall_pos = _trace(held, pos, range(first, 46))
     assert all(stall_holds)
     _assert_held_still(stall_pos)
@@ -319,7 +331,7 @@ def test_killed_server_holds_the_arm_and_the_loop_resumes_when_it_is_back(robot,
             _stop(state["restarted"])
     assert state["back"] is not None, "the loop never resumed after the server came back"
     assert any(e == "policy_error" for e, _ in log) and any(e == "fault" and f["fault"] == "policy" for e, f in log)
-    assert state["held_from"] <= state["killed"] + 4
+    assert state["held_from"] in _executed_from(held, state["killed"])[:5]
     down_holds, down_pos = _trace(held, pos, range(state["held_from"], state["back"]))
     assert len(down_holds) > 10 and all(down_holds)
     _assert_held_still(down_pos)
