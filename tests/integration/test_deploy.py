@@ -309,7 +309,7 @@ def test_killed_server_holds_the_arm_and_the_loop_resumes_when_it_is_back(robot,
 
     def on_tick(tick, obs, command):
         held[tick], pos[tick] = command.hold, obs.state.ee_position.copy()
-        if tick == 10:
+        if tick >= 10 and state["killed"] is None:  # tick 10 itself may be skipped on a loaded machine
             _stop(server)
             state["killed"] = tick
             restarter.start()
