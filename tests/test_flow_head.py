@@ -61,6 +61,41 @@ def test_rl_log_prob_is_the_sum_of_per_step_gaussians(rl_noise):
         assert std.min() >= 0.08 and std.max() <= 0.16
 
 
+@pytest.mark.parametrize("rl_noise", ["sde", "noise"])
+def test_mixed_ode_sde_chain_scores_only_its_one_stochastic_step(rl_noise):
+    p = Problem("flow", flow={"steps": 5, "rl_noise": rl_noise, "rl_steps": "one"})
+    p.bb.eval()
+    times = [1.0, 0.8, 0.6, 0.4, 0.2]
+    with torch.no_grad():
+        s = p.head.sample_rl(p.prefix(), torch.Generator().manual_seed(0))
+        chain, chosen = s.record["chain"], s.record["stochastic_step"]
+        assert chain.shape == (4, 6, 4, 3) and torch.equal(chain[:, -1], s.actions)
+        assert len(set(chosen.tolist())) > 1  # drawn per row
+        expected = torch.zeros(4)
+        for k, t in enumerate(times):
+            x = chain[:, k]
+            mean, std = p.head.step_distribution(p.prefix(), x, t)
+            v, _ = p.head.velocity(p.prefix(), x, torch.full((4,), t))
+            by_hand = chain_log_prob_by_hand(chain[:, k:k + 2], [t], lambda *_: (mean, std))
+            for row in range(4):
+                euler = x[row] - 0.2 * v[row]
+                if k == int(chosen[row]):  # the Gaussian step: scored by hand, and not the Euler step
+                    expected[row] = by_hand[row]
+                    assert not torch.allclose(chain[row, k + 1], euler, atol=1e-4)
+                else:  # every other step is exactly the ODE's Euler step
+                    assert torch.allclose(chain[row, k + 1], euler, atol=1e-5)
+        lp, entropy = p.head.evaluate(p.prefix(), s.record)
+    assert torch.allclose(s.log_prob, expected, rtol=1e-4) and torch.allclose(lp, expected, rtol=1e-4)
+    assert entropy.shape == (4,)
+    with pytest.raises(ValueError, match="stochastic_step"):
+        p.head.evaluate(p.prefix(), {"chain": chain})
+
+
+def test_unknown_rl_steps_is_rejected():
+    with pytest.raises(ValueError, match="rl_steps 'some'.*all, one"):
+        Problem("flow", flow={"rl_steps": "some"})
+
+
 def test_prefix_is_encoded_once_and_its_cache_survives_sampling():
     p = Problem("flow")
     prefix = p.prefix()

@@ -101,6 +101,7 @@ HEADS = {
     "oft_tokens": {"type": "oft", "oft_output": "tokens"},
     "flow_sde": {"type": "flow", "flow": {"steps": 4}},
     "flow_noise": {"type": "flow", "flow": {"steps": 4, "rl_noise": "noise"}},
+    "flow_sde_one_step": {"type": "flow", "flow": {"steps": 4, "rl_steps": "one"}},
     "diffusion": {"type": "diffusion", "diffusion": {"inference_steps": 4}},
     "residual": {"type": "residual"},
 }

@@ -10,6 +10,7 @@ CASES = {
     "oft_tokens": ("oft", {"oft_output": "tokens"}),
     "flow_sde": ("flow", {"flow": {"steps": 4}}),
     "flow_noise": ("flow", {"flow": {"steps": 4, "rl_noise": "noise"}}),
+    "flow_sde_one_step": ("flow", {"flow": {"steps": 4, "rl_steps": "one"}}),
     "diffusion_dppo": ("diffusion", {"diffusion": {"inference_steps": 4}}),
     "residual": ("residual", {}),
 }

@@ -39,6 +39,9 @@ class FlowConfig:
     rl_noise: str = "sde"  # how RL makes each Euler step a Gaussian: sde (Flow-SDE) | noise (Flow-Noise, learned std)
     sde_noise_level: float = 0.5  # Flow-SDE: sigma_t = level * sqrt(t / (1 - t))
     noise_std_range: list[float] = field(default_factory=lambda: [0.08, 0.16])  # Flow-Noise: learned std bounds
+    # which Euler steps RL makes Gaussian: all | one (one random step per chunk, the others plain ODE steps;
+    # the log-prob is that step's alone, re-scored with one expert pass)
+    rl_steps: str = "all"
 
 
 @dataclass

@@ -11,6 +11,8 @@ For RL (pi_RL) every Euler step is made a Gaussian with a tractable log-probabil
   where -(x_t + (1 - t) v) / t is the score implied by v under this interpolation;
 - Flow-Noise: the Euler mean x_t - dt * v plus a learned, bounded std from the expert's hidden state.
 The chunk's log-probability is the sum over steps; the chain of x's is the RL record.
+`rl_steps=one` makes only one random step per chunk a Gaussian and the rest plain Euler steps (mixed
+ODE-SDE sampling, as in Flow-GRPO-Fast / MixGRPO; see `vla.heads.chain`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from vla.heads.expert import ActionExpert
 from vla.sequence import Prefix
 
 RL_NOISE = ("sde", "noise")
+RL_STEPS = ("all", "one")
 
 
 def beta_sample(shape: tuple[int, ...], a: float, b: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -44,6 +47,8 @@ class FlowHead(GaussianChain, ActionHead):
         super().__init__()
         if cfg.rl_noise not in RL_NOISE:
             raise ValueError(f"head.flow.rl_noise '{cfg.rl_noise}' is unknown; valid: {', '.join(RL_NOISE)}")
+        if cfg.rl_steps not in RL_STEPS:
+            raise ValueError(f"head.flow.rl_steps '{cfg.rl_steps}' is unknown; valid: {', '.join(RL_STEPS)}")
         if cfg.steps < 1:
             raise ValueError(f"head.flow.steps must be >= 1, got {cfg.steps}")
         self.chunk_size, self.action_dim, self.cfg = chunk_size, action_dim, cfg
@@ -77,16 +82,35 @@ class FlowHead(GaussianChain, ActionHead):
             x = x - dt * v
         return x
 
-    def step_distribution(self, prefix: Prefix, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std of x_{t-dt} given x_t: the Gaussian one denoising step draws from."""
+    @property
+    def one_stochastic_step(self) -> bool:
+        return self.cfg.rl_steps == "one"
+
+    def step_distribution(self, prefix: Prefix, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of x_{t-dt} given x_t: the Gaussian one denoising step draws from (t: a float, or (B,))."""
+        mean, std, _ = self.step_with_ode(prefix, x, t)
+        return mean, std
+
+    def step_with_ode(self, prefix: Prefix, x: torch.Tensor, t: float | torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step's Gaussian (mean, std) and its plain Euler step x_t - dt v, from one expert pass."""
         dt = 1.0 / self.cfg.steps
-        v, hidden = self.velocity(prefix, x, torch.full((x.shape[0],), t, device=x.device))
-        if self.noise_std is None:  # Flow-SDE
-            sigma = self.cfg.sde_noise_level * (t / max(1.0 - t, dt)) ** 0.5  # clipped where t -> 1
-            mean = x - dt * (v + sigma**2 / (2 * t) * (x + (1 - t) * v))
-            std = torch.full_like(mean, sigma * dt**0.5)
+        rows = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        v, hidden = self.velocity(prefix, x, rows)
+        ode = x - dt * v
+        if self.noise_std is None:  # Flow-SDE; sigma is clipped where t -> 1
+            level = self.cfg.sde_noise_level
+            if isinstance(t, torch.Tensor):  # a step per row (re-scoring mixed ODE-SDE chains)
+                tt = rows[:, None, None]
+                sigma = level * (tt / (1.0 - tt).clamp(min=dt)) ** 0.5
+                std = (sigma * dt**0.5).expand_as(x)
+            else:  # one step for all rows: scalar float64 arithmetic, so sampling replays bit for bit
+                tt = t
+                sigma = level * (t / max(1.0 - t, dt)) ** 0.5
+                std = torch.full_like(x, sigma * dt**0.5)
+            mean = x - dt * (v + sigma**2 / (2 * tt) * (x + (1 - tt) * v))
         else:  # Flow-Noise
             lo, hi = self.cfg.noise_std_range
-            mean = x - dt * v
+            mean = ode
             std = lo + (hi - lo) * torch.sigmoid(self.noise_std(hidden.float()))
-        return mean, std
+        return mean, std, ode
