@@ -54,6 +54,8 @@ class FlowHead(GaussianChain, ActionHead):
         self.chunk_size, self.action_dim, self.cfg = chunk_size, action_dim, cfg
         self.expert = ActionExpert(backbone, width, action_dim)
         self.noise_std = nn.Linear(width, action_dim) if cfg.rl_noise == "noise" else None
+        if cfg.rl_steps == "one":
+            self.rl_quantity = "Gaussian log-prob of one random denoising step, the rest ODE (mixed Flow-SDE / Flow-Noise)"
 
     def velocity(self, prefix: Prefix, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """v(x, t) (B, T, A) and the expert's hidden states; t is (B,)."""
