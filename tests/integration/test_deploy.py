@@ -292,7 +292,10 @@ def test_a_frozen_camera_holds_the_arm_until_frames_flow_again(robot, fake_polic
     stats, log = _run(robot, fake_policy.port, on_tick, 1000, cameras=cams, stop=stop)
     assert [f["fault"] for e, f in log if e == "fault"] == ["camera:wrist"]
     first = ran[next(f["tick"] for e, f in log if e == "fault")]
-    assert first <= 18  # the frame ages past one period within a few ticks
+    # the first frozen frame is the one captured at tick 16 (the freeze starts after tick 15's capture); on an
+    # on-time loop it is more than one period old at tick 18, at tick 19 when tick 16 itself ran most of a
+    # period late (CI once saw 19), so allow one more tick of jitter on top
+    assert first <= 20, f"the frozen camera faulted only at tick {first}"
     stall_holds, stall_pos = _trace(held, pos, range(first, 46))
     assert all(stall_holds)
     _assert_held_still(stall_pos)
