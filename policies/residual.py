@@ -11,7 +11,7 @@ REAL_CHECKPOINT = "openvla/openvla-7b"  # the OFT base's VLM (backbone.name=open
 
 RECIPE = {
     "backbone": {"name": "tiny_paligemma"},
-    "head": {"type": "residual", "chunk_size": 8, "action_dim": 7, "residual": {"base_type": "oft", "scale": 0.1}},
+    "head": {"type": "residual", "chunk_size": 8, "action_dim": 7, "residual": {"base_type": "oft", "scale": 0.1, "max_residual": 2.0}},
     "norm": {"action": "q01_q99", "state": "q01_q99", "action_skip_dims": [6]},
     "eval": {"replan_steps": 8},
 }

@@ -52,3 +52,18 @@ def test_residual_from_a_base_checkpoint_freezes_the_base_and_acts_like_it(tmp_p
     # and the residual checkpoint is self-contained
     save_policy(res, tmp_path / "res")
     assert np.array_equal(load_policy(tmp_path / "res").act(images, state, INSTR), base.act(images, state, INSTR))
+
+
+def test_rl_residual_over_a_base_takes_the_recipe_bound_unless_overridden(tmp_path):
+    """`make rl POLICY=residual CKPT=<base>` builds the residual from the recipe's settings (its bound, which
+    off-policy RL needs), with the user's overrides on top."""
+    from vla.random_policy import random_policy
+    from vla.rl.trainer import prepare_policy
+
+    save_policy(random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 2}}), tmp_path / "base")
+    policy = prepare_policy(tmp_path / "base", "residual", ["rl.algo=td3"])
+    assert policy.cfg.head.residual.max_residual == 2.0 and policy.cfg.head.residual.scale == 0.1
+    assert policy.head.base_frozen
+    override = prepare_policy(tmp_path / "base", "residual", ["rl.algo=td3", "head.residual.max_residual=0.5",
+                                                              "head.residual.scale=0.2"])
+    assert override.cfg.head.residual.max_residual == 0.5 and override.cfg.head.residual.scale == 0.2

@@ -39,8 +39,9 @@ def test_replay_ring_keeps_the_newest_rows_and_round_trips():
         small.load(ring.state())
 
 
-def _residual_policy(**td3):
-    policy = random_policy({"backbone": {"image_size": 32}, "head": {"type": "residual", "chunk_size": 2},
+def _residual_policy(max_residual=2.0, **td3):
+    policy = random_policy({"backbone": {"image_size": 32},
+                            "head": {"type": "residual", "chunk_size": 2, "residual": {"max_residual": max_residual}},
                             "rl": {"algo": "td3", "lr": 1e-3, "critic_lr": 1e-3,
                                    "td3": {"batch_size": 32, "updates_per_iter": 300, **td3}}})
     policy.freeze_base()
@@ -116,3 +117,20 @@ def test_td3_needs_a_residual_over_a_frozen_base():
     policy = random_policy({"backbone": {"image_size": 32}, "head": {"type": "residual", "chunk_size": 2}})
     with pytest.raises(ValueError, match="frozen base"):
         ResidualTD3(policy, policy.cfg.rl)
+
+
+def test_td3_needs_a_bounded_residual_and_keeps_the_mean_inside_it():
+    with pytest.raises(ValueError, match="bounded residual"):
+        ResidualTD3(_residual_policy(max_residual=None), _residual_policy().cfg.rl)
+    with pytest.raises(ValueError, match="max_residual must be a positive bound"):
+        _residual_policy(max_residual=0.0)
+    policy = _residual_policy(max_residual=1.5)
+    learner = ResidualTD3(policy, policy.cfg.rl)
+    episodes = _episodes(policy, count=4)
+    feats = torch.stack([e.decisions[0].record["features"] for e in episodes])
+    base = torch.stack([e.decisions[0].record["base_action"] for e in episodes])
+    with torch.no_grad():
+        policy.head.mean_net[-1].bias.fill_(100.0)  # an actor that has run far off: the mean saturates at the bound
+        mean = learner._mean(policy.head.mean_net, feats, base)
+        torch.testing.assert_close(mean, torch.full_like(mean, 1.5))
+        torch.testing.assert_close(policy.head.bound(torch.tensor([0.0, 1e-3])), torch.tensor([0.0, 1e-3]))

@@ -65,6 +65,9 @@ class ResidualConfig:
     scale: float = 0.1  # executed action = base + scale * residual (normalized units)
     init_log_std: float = -1.0
     hidden_dim: int = 256
+    # bound on the residual mean, in residual units (limit * tanh(raw / limit)); None = unbounded. Off-policy RL
+    # needs one: an unbounded actor climbs the critic's extrapolation outside the data and Q diverges
+    max_residual: float | None = None
 
 
 @dataclass

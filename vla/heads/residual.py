@@ -26,6 +26,9 @@ class ResidualHead(ActionHead):
 
     def __init__(self, base: ActionHead, hidden_size: int, cfg: ResidualConfig):
         super().__init__()
+        if cfg.max_residual is not None and not cfg.max_residual > 0:
+            raise ValueError(f"head.residual.max_residual must be a positive bound (residual units) or null, "
+                             f"got {cfg.max_residual}")
         self.base, self.cfg = base, cfg
         self.chunk_size, self.action_dim = base.chunk_size, base.action_dim
         n = self.chunk_size * self.action_dim
@@ -49,7 +52,13 @@ class ResidualHead(ActionHead):
     def residual_mean(self, prefix: Prefix, base_action: torch.Tensor) -> torch.Tensor:
         features = prefix.pooled().detach()
         inp = torch.cat([features, base_action.flatten(1).float()], dim=-1)
-        return self.mean_net(inp).reshape(base_action.shape)
+        return self.bound(self.mean_net(inp)).reshape(base_action.shape)
+
+    def bound(self, raw: torch.Tensor) -> torch.Tensor:
+        """The mean network's output, squashed into [-max_residual, max_residual] when that is set (identity
+        near zero, so a zero-initialised residual still starts as its base)."""
+        limit = self.cfg.max_residual
+        return raw if limit is None else limit * torch.tanh(raw / limit)
 
     def loss(self, prefix, actions, pad, generator=None):
         if not self.base_frozen:

@@ -111,6 +111,10 @@ class ResidualTD3:
         if not getattr(head, "base_frozen", False):
             raise ValueError("rl.algo=td3 trains a residual over a frozen base: use POLICY=residual with a base "
                              "checkpoint (make rl POLICY=residual ALGO=td3 CKPT=<base>)")
+        if head.cfg.max_residual is None:
+            raise ValueError("rl.algo=td3 needs a bounded residual (head.residual.max_residual, e.g. 2.0; the "
+                             "residual recipe sets one): an unbounded actor climbs the critic's extrapolation and "
+                             "Q diverges (measured on PushCube: Q 0.13 -> 7.8 in 4 iterations for returns <= 1)")
         self.policy, self.rl, self.cfg = policy, rl, rl.td3
         n = head.chunk_size * head.action_dim
         self.device = policy.device  # the replay stays in CPU memory; sampled batches move here
@@ -149,7 +153,8 @@ class ResidualTD3:
 
     # -- learning -----------------------------------------------------------------------------
     def _mean(self, net: nn.Module, features: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        return net(torch.cat([features, base.flatten(1)], dim=-1)).reshape(base.shape)
+        raw = net(torch.cat([features, base.flatten(1)], dim=-1))
+        return self.policy.head.bound(raw).reshape(base.shape)
 
     def train(self, generator: torch.Generator, train_actor: bool = True) -> dict[str, float]:
         """`updates_per_iter` critic steps (and delayed actor steps) on replayed decisions."""
@@ -162,7 +167,9 @@ class ResidualTD3:
             with torch.no_grad():
                 noise = (torch.randn(b["next_base"].shape, generator=generator) * cfg.target_noise).clamp(
                     -cfg.noise_clip, cfg.noise_clip).to(self.device)
-                next_residual = self._mean(self.actor_target, b["next_features"], b["next_base"]) + noise
+                limit = head.cfg.max_residual  # smoothed target actions stay in the actor's range, as in TD3
+                next_residual = (self._mean(self.actor_target, b["next_features"], b["next_base"]) + noise).clamp(
+                    -limit, limit)
                 q1_t, q2_t = self.critic_target(b["next_features"], b["next_base"], next_residual)
                 target = b["reward"] + b["discount"] * torch.minimum(q1_t, q2_t)
             q1, q2 = self.critic(b["features"], b["base"], b["residual"])

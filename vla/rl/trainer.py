@@ -50,6 +50,11 @@ def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str]) -
     if recipe == "residual" and base.cfg.head.type != "residual":
         from vla.residual_init import residual_from_base
 
+        from policies import get_recipe
+
+        # the residual recipe's own settings (scale, bound), then the user's overrides over them
+        recipe_residual = {k: v for k, v in get_recipe("residual")["head"]["residual"].items() if k != "base_type"}
+        cfg = merge(merge(cfg, {"head": {"residual": recipe_residual}}), updates)
         cfg = merge(cfg, {"policy": "residual", "head": {"type": "residual", "residual": {"base_checkpoint": str(ckpt)}}})
         policy = residual_from_base(cfg)  # keeps cfg.rl; base weights frozen
     else:
