@@ -82,3 +82,20 @@ def test_compare_reads_rl_evaluations_and_tests_the_shared_episodes(tmp_path):
     assert "no paired test" in compare(before, other_seed)
     with pytest.raises(FileNotFoundError, match="no episodes.jsonl and no seed_"):
         compare(before, tmp_path / "missing")
+
+
+def test_agreement_counts_how_many_evaluations_solved_each_shared_episode(tmp_path):
+    from vla.eval.agreement import agreement_table, success_counts
+
+    # episode i succeeds in the runs whose index is below i: 0 never, 3 in all three, the rest in some
+    runs = [tmp_path / f"eval_{r}" for r in range(3)]
+    for r, run in enumerate(runs):
+        _write(run / "seed_7", [_row(0, i, r < i) for i in range(4)] + ([_row(0, 9, True)] if r == 0 else []))
+    table = agreement_table(runs)
+    assert table.startswith("4 episodes shared by 3 evaluations")  # episode 9 is in one run only: left out
+    assert "| none | 1 | 25% |" in table and "| 1 of 3 | 1 | 25% |" in table and "| all | 1 | 25% |" in table
+    assert "every run: 2 (1 always solved, 1 never); outcome varies between runs: 2." in table
+    with pytest.raises(ValueError, match="at least 2 evaluations"):
+        success_counts([{"a": True}])
+    with pytest.raises(ValueError, match="share no episode keys"):
+        success_counts([{"a": True}, {"b": True}])

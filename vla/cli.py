@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--out", default=None, help="results directory (default: <ckpt>/sweep_<suite>)")
     sw.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two sweeps' (or RL evaluations', eval_NNNN) results side by side, with the "
                     "paired McNemar test on the episodes both ran")
+    sw.add_argument("--agreement", nargs="+", metavar="EVAL_DIR",
+                    help="for 2+ evaluations of the same episodes: how many episodes every run solved, none did, "
+                    "or only some did (where noise or a small policy change decides)")
     sw.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="merge shard directories into --out and report")
     sv = sub.add_parser("serve", help="serve a checkpoint over websocket + msgpack (openpi protocol)")
     sv.add_argument("--ckpt", required=True)
@@ -154,6 +157,11 @@ def _sweep(args) -> int:
 
     if args.compare:
         print(compare(Path(args.compare[0]), Path(args.compare[1])))
+        return 0
+    if args.agreement:
+        from vla.eval.agreement import agreement_table
+
+        print(agreement_table([Path(d) for d in args.agreement]))
         return 0
     if args.merge:
         if not args.out:
