@@ -50,9 +50,13 @@ class ResidualHead(ActionHead):
             return self.base.sample(prefix, generator)
 
     def residual_mean(self, prefix: Prefix, base_action: torch.Tensor) -> torch.Tensor:
-        features = prefix.pooled().detach()
+        return self.mean_from_features(prefix.pooled().detach(), base_action)
+
+    def mean_from_features(self, features: torch.Tensor, base_action: torch.Tensor,
+                           net: nn.Module | None = None) -> torch.Tensor:
+        """The (bounded) residual mean from pooled features; `net` replaces `mean_net` (TD3's target actor)."""
         inp = torch.cat([features, base_action.flatten(1).float()], dim=-1)
-        return self.bound(self.mean_net(inp)).reshape(base_action.shape)
+        return self.bound((net or self.mean_net)(inp)).reshape(base_action.shape)
 
     def bound(self, raw: torch.Tensor) -> torch.Tensor:
         """The mean network's output, squashed into [-max_residual, max_residual] when that is set (identity

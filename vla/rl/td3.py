@@ -153,8 +153,7 @@ class ResidualTD3:
 
     # -- learning -----------------------------------------------------------------------------
     def _mean(self, net: nn.Module, features: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        raw = net(torch.cat([features, base.flatten(1)], dim=-1))
-        return self.policy.head.bound(raw).reshape(base.shape)
+        return self.policy.head.mean_from_features(features, base, net)
 
     def train(self, generator: torch.Generator, train_actor: bool = True) -> dict[str, float]:
         """`updates_per_iter` critic steps (and delayed actor steps) on replayed decisions."""
