@@ -219,6 +219,9 @@ class RLConfig:
     seed: int = 0
     torch_threads: int = 0  # 0 = the cores the env workers leave free (at least 1): oversubscribed torch crawls
     overlap: bool = False  # pipelined: the next rollout runs (on a copy of the weights) while this batch trains
+    # under torchrun: the learner's weights, gradients and AdamW state sharded over the replicas (FSDP2); each
+    # replica acts with an unsharded copy of the weights (vla.rl.sharded)
+    fsdp: bool = False
     # rollouts on a Ray cluster (auto | <head ip>:6379; null = local env workers): rollout actors of rl.workers
     # env processes each, rl.ray_actors of them (0 = one per node that fits one); the learner stays here
     ray: str | None = None

@@ -43,8 +43,9 @@ class GradSync:
     """The collectives of one data-parallel update (on their own process group, so a learner thread
     can run them while the main thread rolls out)."""
 
-    def __init__(self, place: Dist, device: torch.device, group=None):
-        self.place, self.device, self.group = place, device, group
+    def __init__(self, place: Dist, device: torch.device, group=None, sharded: bool = False):
+        # sharded (rl.fsdp): FSDP reduces the gradients itself inside backward (`vla.rl.sharded`)
+        self.place, self.device, self.group, self.sharded = place, device, group, sharded
 
     def _reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -108,6 +109,11 @@ class GradSync:
 
     def barrier(self) -> None:
         dist.barrier(group=self.group)
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP DTensor) result gathered whole; a plain tensor as it is."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def split_evenly(order: torch.Tensor, parts: int) -> list[torch.Tensor]:

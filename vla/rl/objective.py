@@ -25,7 +25,7 @@ import torch
 
 from vla.config import RLConfig
 from vla.rl.buffer import DecisionBatch
-from vla.rl.distributed import GradSync, split_evenly
+from vla.rl.distributed import GradSync, full_tensor, split_evenly
 
 
 def clip_range(cfg: RLConfig) -> tuple[float, float]:
@@ -87,11 +87,16 @@ def make_optimizer(policy, cfg: RLConfig) -> torch.optim.Optimizer:
 
 def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer, cfg: RLConfig,
            generator: torch.Generator, train_actor: bool = True, train_critic: bool = False,
-           reference=None, sync: GradSync | None = None) -> dict[str, float]:
+           reference=None, sync: GradSync | None = None, filler: DecisionBatch | None = None) -> dict[str, float]:
     """Epochs of minibatch steps. sync: the torchrun replicas' collectives (`vla.rl.distributed`);
-    there `batch` may be None, a rank that holds no decisions this iteration but still steps along."""
+    there `batch` may be None, a rank that holds no decisions this iteration but still steps along.
+    With sync.sharded (rl.fsdp) such a rank runs `filler` (one decision of its rollout) at zero weight,
+    since every rank must join the same forward/backward collectives."""
     if batch is None and sync is None:
         raise ValueError("no decisions to learn from")
+    sharded = sync is not None and sync.sharded
+    if sharded and filler is None:
+        raise ValueError("a sharded update needs a filler decision for minibatches this rank holds none of")
     if cfg.target_kl is not None and cfg.target_kl <= 0:
         raise ValueError(f"rl.target_kl must be > 0 (chunk-level nats) or null to disable, got {cfg.target_kl}")
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -115,6 +120,8 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
             if count:
                 loss, chunk_kl = _loss(policy, mb, cfg, logs, train_actor, train_critic, reference, anchor,
                                        clip, scale)
+            elif sharded:  # the same collectives as the other ranks, nothing learned from it
+                loss, _ = _loss(policy, filler, cfg, {}, train_actor, train_critic, reference, None, clip, scale)
             total = float(count)
             if sync is not None:  # the KL of all ranks' decisions: every replica stops at the same step
                 chunk_kl, total = sync.weighted_mean(chunk_kl, float(count))
@@ -124,14 +131,16 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
                     stopped = True  # this minibatch is already too far from the sampling policy: no step
                     break
             optimizer.zero_grad(set_to_none=True)
-            if count:
+            if sharded:  # FSDP averages gradients over ranks: weigh this rank's mean loss by its share of decisions
+                (loss * (sync.place.world * count / total)).backward()
+            elif count:
                 loss.backward()
-            if sync is not None:
+            if sync is not None and not sharded:
                 sync.average_gradients(params, float(count), total)
             # each group (actor, critic, temperature) clipped on its own: the critic regresses raw returns, and a
             # large value loss clipped together with the actor would scale the actor's step down with it
             norms = {g.get("name", "actor" if i == 0 else f"group{i}"):  # a plain optimizer: the first group acts
-                     torch.nn.utils.clip_grad_norm_(g["params"], cfg.max_grad_norm)
+                     full_tensor(torch.nn.utils.clip_grad_norm_(g["params"], cfg.max_grad_norm))
                      for i, g in enumerate(optimizer.param_groups)}
             if not all(torch.isfinite(n) for n in norms.values()):
                 raise FloatingPointError("non-finite RL gradient; lower rl.lr or check the rewards")

@@ -26,7 +26,7 @@ from vla.rl import grpo, ppo, rft
 from vla.rl.buffer import DecisionBatch, flatten
 from vla.rl.distributed import BARRIER_TIMEOUT_S, GradSync, seed_offset, shard_plan
 from vla.rl.objective import explained_variance, make_optimizer, reference_copy, update
-from vla.rl.rollout import EnvPool, PlannedEpisode, apply_step_penalty, draw_seed
+from vla.rl.rollout import EnvPool, EpisodeRollout, PlannedEpisode, apply_step_penalty, draw_seed
 from vla.rl.td3 import ResidualTD3
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
 
@@ -186,17 +186,27 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     init_states = rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
     reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
     offpolicy = ResidualTD3(policy, rl) if rl.algo == "td3" else None
-    optimizer = make_optimizer(policy, rl) if offpolicy is None else None
+    # rl.fsdp: the optimizer is built over the sharded weights, after the resumed ones are broadcast and sharded
+    optimizer = make_optimizer(policy, rl) if offpolicy is None and not rl.fsdp else None
     replay = rft.SuccessReplay(rl.rft_replay) if rl.algo == "rft" and rl.rft_replay else None
-    state = _resume(out / "checkpoints", policy, optimizer, offpolicy, replay)
+    held: dict = {}  # rl.fsdp: the checkpoint's optimizer state, loaded once the optimizer exists
+    state = _resume(out / "checkpoints", policy, optimizer, offpolicy, replay, held)
     algo = ALGOS[rl.algo]
     # torchrun replicas: `rows` reduces log rows and holds barriers on the main thread; the learner's
     # collectives get their own process group when rl.overlap runs them on the learner thread
-    rows = learner_sync = None
+    rows = learner_sync = sharded = None
     if place.world > 1:
         rows = GradSync(place, device)
-        learner_sync = GradSync(place, device, dist.new_group() if rl.overlap else None)
+        learner_sync = GradSync(place, device, dist.new_group() if rl.overlap else None, sharded=rl.fsdp)
         rows.broadcast_parameters(policy)
+    if rl.fsdp:  # the learner sharded over the replicas; each acts and evaluates with a plain copy (vla.rl.sharded)
+        from vla.rl.sharded import ShardedLearner
+
+        sharded = ShardedLearner(policy, place, device)
+        optimizer = make_optimizer(policy, rl)
+        if held:
+            sharded.load_optimizer(optimizer, held["tensors"], held["meta"])
+    acting = sharded.actor if sharded is not None else policy  # rolls out, evaluates and is saved
     say = partial(print, flush=True) if place.main else (lambda *a, **k: None)
     say(f"[rl] {rl.algo} on {tasks}, {len(init_states)} init states, head {cfg.head.type} "
           f"({policy.head.rl_quantity}); starting at iteration {state['iteration']}"
@@ -209,7 +219,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
             state["evals"][str(it)] = {}
         else:
             tic = time.perf_counter()
-            state["evals"][str(it)] = {**evaluate(policy, cfg, tasks, out / f"eval_{it:04d}"),
+            state["evals"][str(it)] = {**evaluate(acting, cfg, tasks, out / f"eval_{it:04d}"),
                                        "seconds": round(time.perf_counter() - tic, 1)}
             e = state["evals"][str(it)]
             print(f"[rl] eval @ iteration {it}: {e['successes']}/{e['episodes']} = {e['success_rate']:.1%} "
@@ -222,7 +232,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     # overlap: the rollout acts with a snapshot of the weights while the learner thread updates the
     # policy on the previous batch (one iteration off-policy: the ratio is taken against the log-prob
     # of the policy that sampled, so clipping bounds the gap); the snapshot follows every update
-    actor = _snapshot(policy) if rl.overlap else policy
+    actor = _snapshot(policy) if rl.overlap else acting
     learner = ThreadPoolExecutor(1, thread_name_prefix="rl-learner") if rl.overlap else None
     pool = pool or _pool(policy, cfg)
 
@@ -234,17 +244,19 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
         state["iteration"] = row["iteration"]
         state["history"].append(row)
         say("[rl] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        if actor is not policy:
+        if actor is not acting:
             actor.load_state_dict(policy.state_dict())
+        gathered = sharded.gather_optimizer(optimizer) if sharded is not None else None  # a collective
         if place.main:
-            _save(out / "checkpoints", policy, optimizer, state, offpolicy, replay)
+            _save(out / "checkpoints", acting, optimizer, state, offpolicy, replay, gathered)
             _write_log(out / "rl_log.jsonl", state["history"])
         if rl.eval_every and row["iteration"] % rl.eval_every == 0 and row["iteration"] < rl.iterations:
             maybe_eval(row["iteration"])
             if place.main:
-                _save(out / "checkpoints", policy, optimizer, state, offpolicy, replay)
+                _save(out / "checkpoints", acting, optimizer, state, offpolicy, replay, gathered)
 
     pending: tuple[dict, float, Future | None] | None = None
+    filler = None  # rl.fsdp: one decision of this rank's rollouts, run at zero weight when it holds none
     try:
         it = state["iteration"] + 1
         while it <= rl.iterations or pending is not None:
@@ -253,7 +265,8 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
                 generator = torch.Generator().manual_seed(rl.seed * 1_000_003 + it + seed_offset(place))
                 tic = time.perf_counter()
                 plan = _plan(cfg, tasks, init_states, it)
-                row, batch = _rollout(actor, pool, cfg, algo, shard_plan(plan, place), generator, it)
+                row, batch, first = _rollout(actor, pool, cfg, algo, shard_plan(plan, place), generator, it)
+                filler = first or filler
                 if rows is not None:  # the iteration over every replica's episodes
                     row = rows.reduce_row(row)
                 collected = (row, batch, generator, tic)
@@ -275,8 +288,12 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
                 finish(row, tic, _completed(_timed_td3(offpolicy, batch, generator, row["iteration"] > rl.critic_warmup)))
                 continue
             warmup = rl.algo == "ppo" and row["iteration"] <= rl.critic_warmup
+            if sharded is not None and filler is None:
+                raise RuntimeError(f"rank {place.rank} has no rollout decision yet to join the sharded update with "
+                                   f"(all its episodes were dropped)")
             step = partial(_timed_update, policy, batch, optimizer, rl, generator, train_actor=not warmup,
-                           train_critic=rl.algo == "ppo", reference=reference, sync=learner_sync)
+                           train_critic=rl.algo == "ppo", reference=reference, sync=learner_sync, filler=filler,
+                           after=sharded.sync_actor if sharded is not None else None)
             if learner is None:
                 finish(row, tic, _completed(step()))
             else:
@@ -286,10 +303,11 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
             learner.shutdown(wait=True)
         pool.close()
     maybe_eval(state["iteration"])
+    gathered = sharded.gather_optimizer(optimizer) if sharded is not None else None  # a collective
     if not place.main:
         dist.destroy_process_group()
         return None
-    final = _save(out / "checkpoints", policy, optimizer, state, offpolicy, replay)
+    final = _save(out / "checkpoints", acting, optimizer, state, offpolicy, replay, gathered)
     from vla.rl.report import write_rl_report
 
     summary = write_rl_report(out, state, cfg, final)
@@ -300,7 +318,13 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
 
 def _check_replicas(cfg: ExperimentConfig, place: Dist) -> None:
     if place.world == 1:
+        if cfg.rl.fsdp:
+            raise ConfigError("rl.fsdp shards the learner over torchrun replicas: start it with "
+                              "`torchrun --nproc_per_node N -m vla.cli rl ...` (N >= 2)")
         return
+    if cfg.rl.fsdp and cfg.rl.overlap:
+        raise ConfigError("rl.fsdp with rl.overlap is not wired in: the learner thread's FSDP collectives would "
+                          "interleave with the rollout's; set one of them false")
     if cfg.rl.ray:
         raise ConfigError("rl.ray puts rollouts on a Ray cluster for one learner process; under torchrun every "
                           "replica rolls out on its own env workers: use one or the other")
@@ -330,9 +354,10 @@ def _pool(policy, cfg: ExperimentConfig):
                       cfg.eval.seed, torch_threads=1, reward=rl.reward)
 
 
-def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode],
-             generator: torch.Generator, it: int) -> tuple[dict, DecisionBatch | None]:
-    """One iteration's episodes -> its log row and the batch to learn from (None: nothing kept)."""
+def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode], generator: torch.Generator,
+             it: int) -> tuple[dict, DecisionBatch | None, DecisionBatch | None]:
+    """One iteration's episodes -> its log row, the batch to learn from (None: nothing kept) and, for
+    rl.fsdp, one of its decisions to stand in at zero weight (None without episodes)."""
     rl = cfg.rl
     actor.eval()
     episodes, stats = pool.collect(actor, plan, generator)
@@ -350,21 +375,28 @@ def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode
            "env_frames": stats.env_steps, "env_frames_per_s": stats.env_steps / max(stats.seconds, 1e-9),
            "rollout_s": round(stats.seconds, 1), "policy_s": round(stats.policy_seconds, 1),
            "restarts": stats.restarts, "dropped": stats.dropped, **extra}
+    first = None
+    if rl.fsdp and episodes and episodes[0].decisions:
+        one = EpisodeRollout(episodes[0].plan, episodes[0].instruction, episodes[0].decisions[:1])
+        first = flatten([one], [np.zeros(1)], [np.zeros(1)])
     if not kept:
-        return row, None
+        return row, None, first
     if algo is None:
-        return row, kept
+        return row, kept, first
     batch = flatten(kept, advs, rets, per_episode=rl.algo == "grpo")
     if rl.algo == "ppo":
         row["explained_variance"] = explained_variance(batch.values, batch.returns)
-    return row, batch
+    return row, batch, first
 
 
-def _timed_update(policy, batch, optimizer, rl, generator, **kwargs) -> dict:
+def _timed_update(policy, batch, optimizer, rl, generator, after=None, **kwargs) -> dict:
+    """One update, timed. after: what brings the weights to the acting copy and returns it (rl.fsdp:
+    the gathered weights; the temperature is read there, not from the sharded learner)."""
     tic = time.perf_counter()
     logs = update(policy, batch, optimizer, rl, generator, **kwargs)
-    learned = getattr(getattr(policy.head, "temperature", None), "learned", False)
-    temperature = {"temperature": policy.head.temperature.values()} if learned else {}
+    view = after() if after is not None else policy
+    learned = getattr(getattr(view.head, "temperature", None), "learned", False)
+    temperature = {"temperature": view.head.temperature.values()} if learned else {}
     return {**logs, **temperature, "decisions": len(batch) if batch is not None else 0,
             "update_s": round(time.perf_counter() - tic, 1)}
 
@@ -398,13 +430,14 @@ def _write_log(path: Path, history: list[dict]) -> None:
 
 
 def _save(root: Path, policy, optimizer, state: dict, offpolicy: ResidualTD3 | None = None,
-          replay: rft.SuccessReplay | None = None) -> Path:
+          replay: rft.SuccessReplay | None = None, gathered: tuple[dict, dict] | None = None) -> Path:
+    """gathered: rl.fsdp's optimizer state, gathered whole (policy is then the acting copy)."""
     if offpolicy is not None:  # critics, targets, their optimizers and the replay buffer
         tensors, td3_meta = offpolicy.state()
         meta = {"td3": td3_meta}
     else:
-        tensors, opt_meta = optimizer_to_tensors(optimizer)
-        meta = {"optimizer": opt_meta}
+        tensors, opt_meta = gathered if gathered is not None else optimizer_to_tensors(optimizer)
+        tensors, meta = dict(tensors), {"optimizer": opt_meta}
     if replay is not None:  # RFT's kept successes
         replay_tensors, meta["rft_replay"] = replay.state()
         tensors.update(replay_tensors)
@@ -413,7 +446,9 @@ def _save(root: Path, policy, optimizer, state: dict, offpolicy: ResidualTD3 | N
 
 
 def _resume(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None,
-            replay: rft.SuccessReplay | None = None) -> dict:
+            replay: rft.SuccessReplay | None = None, held: dict | None = None) -> dict:
+    """The last checkpoint's weights into `policy` and its optimizer state into `optimizer` (or, with
+    no optimizer yet, rl.fsdp's, into `held`)."""
     state = {"iteration": 0, "history": [], "evals": {}}
     last = latest_checkpoint(root)
     if last is None:
@@ -426,6 +461,8 @@ def _resume(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None,
     tensors, saved = load_training_state(last)
     if offpolicy is not None:
         offpolicy.load_state(tensors, saved.pop("td3"))
+    elif optimizer is None:
+        held.update(tensors={k: v for k, v in tensors.items() if k.startswith("optim/")}, meta=saved.pop("optimizer"))
     else:
         optimizer_from_tensors(optimizer, tensors, saved.pop("optimizer"))
     replay_meta = saved.pop("rft_replay", None)
