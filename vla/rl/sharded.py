@@ -40,6 +40,7 @@ from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
 from vla.devices import Dist
 from vla.rl.distributed import full_tensor
+from vla.train.optim_state import state_to_tensors, tensors_to_state
 
 
 def backbone_blocks(policy: nn.Module) -> list[nn.Module]:
@@ -74,7 +75,7 @@ class ShardedLearner:
         fully_shard(policy, mesh=mesh)
         # RL enters the policy through build_prefix, not forward: the root's weights gather there
         register_fsdp_forward_method(policy, "build_prefix")
-        self.policy, self.place, self.blocks = policy, place, len(blocks)
+        self.policy = policy
 
     def sync_actor(self) -> nn.Module:
         """The learner's full weights into the acting copy, which it returns (a collective: every rank
@@ -92,22 +93,16 @@ class ShardedLearner:
                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not sd:  # not rank 0
             return {}, {"param_groups": [], "scalars": {}}
-        order = [name for group in sd["param_groups"] for name in group["params"]]
-        tensors: dict[str, torch.Tensor] = {}
-        scalars: dict[str, dict] = {}
-        for name, entry in sd["state"].items():
-            idx = order.index(name)
-            for key, value in entry.items():
-                if torch.is_tensor(value):
-                    tensors[f"optim/{idx}/{key}"] = full_tensor(value).detach().cpu()
-                else:
-                    scalars.setdefault(str(idx), {})[key] = value
+        order = {name: idx for idx, name in enumerate(n for group in sd["param_groups"] for n in group["params"])}
+        state = {order[name]: {key: full_tensor(value).detach().cpu() if torch.is_tensor(value) else value
+                               for key, value in entry.items()}
+                 for name, entry in sd["state"].items()}
         groups, start = [], 0
         for group in sd["param_groups"]:
             n = len(group["params"])
             groups.append({**group, "params": list(range(start, start + n))})
             start += n
-        return tensors, {"param_groups": groups, "scalars": scalars}
+        return state_to_tensors(state, groups)
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """A checkpoint's optimizer state (full, numbered as `gather_optimizer` writes it) into the
@@ -117,13 +112,7 @@ class ShardedLearner:
         if len(order) != sum(len(g["params"]) for g in meta["param_groups"]):
             raise ValueError(f"the checkpoint's optimizer holds {sum(len(g['params']) for g in meta['param_groups'])} "
                              f"parameters, this policy trains {len(order)}")
-        state: dict[str, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim/"):
-                _, idx, name = key.split("/", 2)
-                state.setdefault(order[int(idx)], {})[name] = value
-        for idx, entry in meta.get("scalars", {}).items():
-            state.setdefault(order[int(idx)], {}).update(entry)
+        state = {order[idx]: entry for idx, entry in tensors_to_state(tensors, meta).items()}
         groups = [{**group, "params": [order[i] for i in group["params"]]} for group in meta["param_groups"]]
         optimizer.zero_grad(set_to_none=True)  # torch builds the empty state to fill only when no gradient is held
         set_optimizer_state_dict(self.policy, optimizer, {"state": state, "param_groups": groups},
