@@ -58,7 +58,7 @@ def test_rl_adds_fresh_lora_adapters_to_a_checkpoint_trained_without_them(tmp_pa
 
     from vla.checkpoint import save_policy
     from vla.random_policy import random_policy
-    from vla.rl.trainer import prepare_policy
+    from vla.rl.prepare import prepare_policy
 
     bc = random_policy({"backbone": {"image_size": 32}, "head": {"type": "oft", "oft_output": "tokens", "chunk_size": 2}})
     save_policy(bc, tmp_path / "ckpt")

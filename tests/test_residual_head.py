@@ -58,7 +58,7 @@ def test_rl_residual_over_a_base_takes_the_recipe_bound_unless_overridden(tmp_pa
     """`make rl POLICY=residual CKPT=<base>` builds the residual from the recipe's settings (its bound, which
     off-policy RL needs), with the user's overrides on top."""
     from vla.random_policy import random_policy
-    from vla.rl.trainer import prepare_policy
+    from vla.rl.prepare import prepare_policy
 
     save_policy(random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 2}}), tmp_path / "base")
     policy = prepare_policy(tmp_path / "base", "residual", ["rl.algo=td3"])

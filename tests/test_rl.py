@@ -253,28 +253,28 @@ def test_target_kl_is_measured_from_where_an_overlapped_update_starts():
 
 def test_rft_replay_is_refused_for_other_algorithms_and_resumes_with_the_run(tmp_path):
     from vla.config import ConfigError, ExperimentConfig
-    from vla.rl import trainer
+    from vla.rl import prepare, run_state
 
     with pytest.raises(ConfigError, match="rl.rft_replay"):
-        trainer._check(ExperimentConfig(rl=RLConfig(algo="ppo", rft_replay=100)))
+        prepare.check_config(ExperimentConfig(rl=RLConfig(algo="ppo", rft_replay=100)))
     policy = _policy(HEADS["oft_tokens"], "rft")
     optimizer = make_optimizer(policy, policy.cfg.rl)
     replay = rft.SuccessReplay(100)
     replay.add(_fixed_batch(policy, rows=4))
     state = {"iteration": 3, "history": [], "evals": {}}
-    trainer._save(tmp_path, policy, optimizer, state, None, replay)
+    run_state.save_state(tmp_path, policy, optimizer, state, None, replay)
     resumed = rft.SuccessReplay(100)
-    assert trainer._resume(tmp_path, policy, optimizer, None, resumed)["iteration"] == 3
+    assert run_state.resume_state(tmp_path, policy, optimizer, None, resumed)["iteration"] == 3
     assert len(resumed) == 4 and torch.equal(resumed.batch.images, replay.batch.images)
     assert all(torch.equal(resumed.batch.records[k], replay.batch.records[k]) for k in replay.batch.records)
     with pytest.raises(ConfigError, match="without a success replay"):  # a run started without one
-        trainer._save(tmp_path, policy, optimizer, {**state, "iteration": 4}, None, None)
-        trainer._resume(tmp_path, policy, optimizer, None, rft.SuccessReplay(100))
+        run_state.save_state(tmp_path, policy, optimizer, {**state, "iteration": 4}, None, None)
+        run_state.resume_state(tmp_path, policy, optimizer, None, rft.SuccessReplay(100))
 
 
 def test_batched_envs_are_refused_where_they_cannot_run(monkeypatch):
     from vla.config import ConfigError, ExperimentConfig
-    from vla.rl import trainer
+    from vla.rl import prepare
     from vla.rl.batched_rollout import BatchedEnvPool
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -285,12 +285,12 @@ def test_batched_envs_are_refused_where_they_cannot_run(monkeypatch):
         (ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=4)), "needs CUDA"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            trainer._check(cfg)
-    trainer._check(ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=1)))
+            prepare.check_config(cfg)
+    prepare.check_config(ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=1)))
     from vla.devices import Dist
 
     with pytest.raises(ConfigError, match="under torchrun"):
-        trainer._check_replicas(ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=1)), Dist(0, 2))
+        prepare.check_replicas(ExperimentConfig(sim="maniskill", rl=RLConfig(batched_envs=1)), Dist(0, 2))
     pool, policy = BatchedEnvPool(2, 16), random_policy({"head": {"type": "flow"}})
     with pytest.raises(ValueError, match="suite 'maniskill'"):
         pool.collect(policy, [PlannedEpisode("libero_spatial", 0, 0, 0)], torch.Generator())

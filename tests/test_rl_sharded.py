@@ -111,11 +111,11 @@ def test_fsdp_is_refused_outside_torchrun_and_with_overlap():
     import pytest
 
     from vla.config import ConfigError, merge
-    from vla.rl.trainer import _check_replicas
+    from vla.rl.prepare import check_replicas
 
     cfg = _policy().cfg
     with pytest.raises(ConfigError, match="torchrun"):
-        _check_replicas(merge(cfg, {"rl": {"fsdp": True}}), Dist(0, 1))
+        check_replicas(merge(cfg, {"rl": {"fsdp": True}}), Dist(0, 1))
     with pytest.raises(ConfigError, match="rl.overlap"):
-        _check_replicas(merge(cfg, {"rl": {"fsdp": True, "overlap": True}}), Dist(0, 2))
-    _check_replicas(merge(cfg, {"rl": {"fsdp": True}}), Dist(0, 2))  # the supported setting passes
+        check_replicas(merge(cfg, {"rl": {"fsdp": True, "overlap": True}}), Dist(0, 2))
+    check_replicas(merge(cfg, {"rl": {"fsdp": True}}), Dist(0, 2))  # the supported setting passes

@@ -10,7 +10,7 @@ from vla.heads.temperature import TokenTemperature
 from vla.rl.buffer import flatten
 from vla.rl.objective import make_optimizer, update
 from vla.rl.rollout import Decision, EpisodeRollout, PlannedEpisode
-from vla.rl.trainer import prepare_policy
+from vla.rl.prepare import prepare_policy
 from vla.random_policy import random_policy
 
 HEADS = {"oft_tokens": {"type": "oft", "oft_output": "tokens"}, "tokenized": {"type": "tokenized"}}

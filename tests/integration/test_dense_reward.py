@@ -44,7 +44,7 @@ def test_libero_dense_reward_telescopes_to_success_plus_progress_along_an_expert
 def test_dense_reward_is_refused_for_goals_it_cannot_shape():
     from sim.libero import LiberoEnv
     from vla.config import ConfigError, ExperimentConfig
-    from vla.rl.trainer import _check_reward
+    from vla.rl.prepare import check_reward
 
     with pytest.raises(ValueError, match="single pick-and-place goal"):
         LiberoEnv("libero_goal", 0, image_size=32, reward="dense")  # open a drawer
@@ -53,11 +53,11 @@ def test_dense_reward_is_refused_for_goals_it_cannot_shape():
     cfg = ExperimentConfig()
     cfg.rl.reward = "dense"
     with pytest.raises(ConfigError, match="libero_10 task 0"):
-        _check_reward(cfg, [("libero_spatial", 0), ("libero_10", 0)])
-    _check_reward(cfg, [("libero_spatial", 0), ("libero_object", 3)])
+        check_reward(cfg, [("libero_spatial", 0), ("libero_10", 0)])
+    check_reward(cfg, [("libero_spatial", 0), ("libero_object", 3)])
     cfg.rl.reward = "Dense"
     with pytest.raises(ConfigError, match="rl.reward must be one of"):
-        _check_reward(cfg, [("libero_spatial", 0)])
+        check_reward(cfg, [("libero_spatial", 0)])
 
 
 @pytest.mark.libero

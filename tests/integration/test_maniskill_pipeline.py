@@ -106,7 +106,7 @@ def test_batched_envs_play_the_worker_pools_episodes(finetuned):
 
     from vla.rl.batched_rollout import BatchedEnvPool
     from vla.rl.rollout import EnvPool, PlannedEpisode
-    from vla.rl.trainer import prepare_policy
+    from vla.rl.prepare import prepare_policy
 
     _, out, _ = finetuned
     torch.set_num_threads(1)

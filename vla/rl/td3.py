@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla.config import RLConfig, TD3Config
+from vla.config import RLConfig
 from vla.rl.rollout import EpisodeRollout
 
 STATE_PREFIX = "td3/"

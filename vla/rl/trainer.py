@@ -5,7 +5,6 @@ RL and after it (and every rl.eval_every iterations), through the resumable swee
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,132 +16,16 @@ import torch
 import torch.distributed as dist
 
 import sim
-from sim.base import REWARD_MODES
-from vla.checkpoint import latest_checkpoint, load_policy, load_training_state, save_training_checkpoint
-from vla.config import ConfigError, ExperimentConfig, merge, parse_overrides, to_yaml
-from vla.devices import Dist, pick_device, setup_distributed
-from vla.model import Policy
-from vla.rl import grpo, ppo, rft
+from vla.config import ConfigError, ExperimentConfig, to_yaml
+from vla.devices import pick_device, setup_distributed
+from vla.rl import rft
 from vla.rl.buffer import DecisionBatch, flatten
 from vla.rl.distributed import BARRIER_TIMEOUT_S, GradSync, seed_offset, shard_plan
 from vla.rl.objective import explained_variance, make_optimizer, reference_copy, update
-from vla.rl.rollout import EnvPool, EpisodeRollout, PlannedEpisode, apply_step_penalty, draw_seed
+from vla.rl.prepare import ALGOS, check_config, check_replicas, check_reward, plan_iteration, prepare_policy
+from vla.rl.rollout import EnvPool, EpisodeRollout, PlannedEpisode, apply_step_penalty
+from vla.rl.run_state import resume_state, save_state, write_log
 from vla.rl.td3 import ResidualTD3
-from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
-
-ALGOS = {"ppo": ppo, "grpo": grpo, "rft": rft, "td3": None}  # td3: off-policy, its own learner (vla.rl.td3)
-# parameters a BC checkpoint may lack: a fresh critic, Flow-Noise's std, a residual's own net, a learned temperature
-FRESH = ("value_head.", "head.noise_std.", "head.mean_net.", "head.log_std", "head.temperature.")
-
-
-def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str]) -> Policy:
-    """The BC checkpoint rebuilt with the RL settings (`rl.*`, head RL knobs, a critic for PPO).
-    recipe 'residual' over a non-residual checkpoint freezes it as the base of a new residual."""
-    base = load_policy(ckpt)
-    updates = parse_overrides(overrides)
-    cfg = merge(base.cfg, updates)
-    if cfg.rl.algo not in ALGOS:
-        raise ConfigError(f"rl.algo '{cfg.rl.algo}' is unknown; valid: {', '.join(ALGOS)}")
-    if cfg.rl.algo == "ppo":
-        cfg = merge(cfg, {"head": {"value_head": True}})
-    if "output_dir" not in updates:  # never write RL checkpoints where the BC run resumes from
-        cfg = merge(cfg, {"output_dir": f"{cfg.output_dir.rstrip('/')}_rl_{cfg.rl.algo}"})
-    if recipe == "residual" and base.cfg.head.type != "residual":
-        from vla.residual_init import residual_from_base
-
-        from policies import get_recipe
-
-        # the residual recipe's own settings (scale, bound), then the user's overrides over them
-        recipe_residual = {k: v for k, v in get_recipe("residual")["head"]["residual"].items() if k != "base_type"}
-        cfg = merge(merge(cfg, {"head": {"residual": recipe_residual}}), updates)
-        cfg = merge(cfg, {"policy": "residual", "head": {"type": "residual", "residual": {"base_checkpoint": str(ckpt)}}})
-        policy = residual_from_base(cfg)  # keeps cfg.rl; base weights frozen
-    else:
-        policy = Policy(cfg, base.normalizer, base.state_dim)
-        from vla.train.lora import apply_lora
-
-        # backbone.lora_rank=N over a checkpoint trained without LoRA: the trained weights load first, then
-        # fresh adapters wrap them (LoRA B starts at zero, so the policy starts exactly as trained) and the
-        # rest of the backbone freezes: LoRA RL for backbones too large to fine-tune whole
-        fresh_lora = cfg.backbone.lora_rank > 0 and base.cfg.backbone.lora_rank == 0
-        if not fresh_lora:
-            apply_lora(policy, cfg.backbone)
-        missing, unexpected = policy.load_state_dict(base.state_dict(), strict=False)
-        if fresh_lora:
-            apply_lora(policy, cfg.backbone)
-        missing = [k for k in missing if not k.startswith(FRESH)]
-        if missing or unexpected:
-            raise ConfigError(f"overrides change the trained policy's structure: missing {missing[:4]}, "
-                              f"unexpected {unexpected[:4]}; only rl.* and head RL settings may change")
-        if cfg.head.type == "residual":
-            policy.freeze_base()
-    if policy.head.rl_quantity.startswith("none"):
-        raise ConfigError(policy.head._no_rl())
-    return policy
-
-
-def _plan(cfg: ExperimentConfig, tasks: list[tuple[str, int]], init_states: list[int], it: int) -> list[PlannedEpisode]:
-    rl = cfg.rl
-    rng = np.random.default_rng([rl.seed, it])
-    if rl.algo == "grpo":
-        return grpo.plan_groups(tasks, init_states, rl.episodes_per_iter // rl.group_size, rl.group_size, rng,
-                                rl.rollout_seeds)
-    plan = []
-    for k in range(rl.episodes_per_iter):
-        suite, task = tasks[rng.integers(len(tasks))]
-        init = int(init_states[rng.integers(len(init_states))])
-        plan.append(PlannedEpisode(suite, task, init, k, draw_seed(rng, rl.rollout_seeds)))
-    return plan
-
-
-def _check(cfg: ExperimentConfig) -> None:
-    rl = cfg.rl
-    if rl.iterations < 0 or rl.episodes_per_iter < 1 or rl.epochs < 1:
-        raise ConfigError("need rl.iterations >= 0, rl.episodes_per_iter >= 1 and rl.epochs >= 1")
-    if rl.algo == "grpo" and (rl.group_size < 2 or rl.episodes_per_iter % rl.group_size):
-        raise ConfigError(f"GRPO needs rl.group_size >= 2 dividing rl.episodes_per_iter, got "
-                          f"{rl.group_size} and {rl.episodes_per_iter}")
-    if rl.rft_replay < 0 or (rl.rft_replay and rl.algo != "rft"):
-        raise ConfigError(f"rl.rft_replay keeps successes for rl.algo=rft (a count >= 0); got {rl.rft_replay} "
-                          f"with rl.algo={rl.algo}")
-    if rl.algo == "td3" and cfg.head.type != "residual":
-        raise ConfigError(f"rl.algo=td3 is off-policy residual RL: it needs POLICY=residual over a frozen base "
-                          f"checkpoint, this policy's head is {cfg.head.type}")
-    if rl.algo == "td3" and rl.overlap:
-        raise ConfigError("rl.overlap pipelines on-policy updates; td3 already reuses old data (set rl.overlap=false)")
-    _check_batched(cfg)
-
-
-def _check_batched(cfg: ExperimentConfig) -> None:
-    rl = cfg.rl
-    if rl.batched_envs < 0:
-        raise ConfigError(f"rl.batched_envs must be >= 0 (0 = rl.workers env processes), got {rl.batched_envs}")
-    if not rl.batched_envs:
-        return
-    if cfg.sim != "maniskill":
-        raise ConfigError(f"rl.batched_envs runs ManiSkill's N-env simulation (SIM=maniskill); SIM={cfg.sim} rolls "
-                          f"out on rl.workers env processes")
-    if rl.ray:
-        raise ConfigError("rl.ray places rollouts on a cluster's env workers; rl.batched_envs simulates them in "
-                          "this process: use one or the other")
-    if rl.batched_envs > 1 and not torch.cuda.is_available():
-        raise ConfigError(f"rl.batched_envs={rl.batched_envs} needs CUDA (ManiSkill's GPU simulation); its CPU "
-                          f"simulation holds one env per process: on a CPU use rl.workers (or rl.batched_envs=1)")
-
-
-def _check_reward(cfg: ExperimentConfig, tasks: list[tuple[str, int]]) -> None:
-    """Refuse a reward mode the RL tasks cannot give before any env worker is built (in a worker the
-    error would read as a simulator crash)."""
-    if cfg.rl.reward not in REWARD_MODES:
-        raise ConfigError(f"rl.reward must be one of {REWARD_MODES}, got {cfg.rl.reward!r}")
-    if cfg.rl.reward == "dense" and cfg.sim == "libero":
-        from sim.libero_progress import pick_place_goal
-
-        for suite, task in tasks:
-            try:
-                pick_place_goal(suite, task)
-            except ValueError as err:
-                raise ConfigError(f"rl.reward=dense: {err}") from err
 
 
 def evaluate(policy, cfg: ExperimentConfig, tasks: list[tuple[str, int]], out: Path) -> dict:
@@ -169,10 +52,10 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     (None on torchrun ranks other than 0, which neither evaluate nor report)."""
     policy = prepare_policy(ckpt, recipe, overrides or [])
     cfg, rl = policy.cfg, policy.cfg.rl
-    _check(cfg)
+    check_config(cfg)
     device = pick_device(cfg.device)
     place = setup_distributed(device, timeout_s=BARRIER_TIMEOUT_S)
-    _check_replicas(cfg, place)
+    check_replicas(cfg, place)
     policy.to(device)
     # the env workers run while the policy samples; torch threads spinning on the same cores as the
     # simulators measured ~10x slower inference here than one thread
@@ -182,7 +65,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
     tasks = [(cfg.demos.suite, t) for t in (rl.tasks or cfg.demos.tasks)]
-    _check_reward(cfg, tasks)
+    check_reward(cfg, tasks)
     init_states = rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
     reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
     offpolicy = ResidualTD3(policy, rl) if rl.algo == "td3" else None
@@ -190,7 +73,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     optimizer = make_optimizer(policy, rl) if offpolicy is None and not rl.fsdp else None
     replay = rft.SuccessReplay(rl.rft_replay) if rl.algo == "rft" and rl.rft_replay else None
     held: dict = {}  # rl.fsdp: the checkpoint's optimizer state, loaded once the optimizer exists
-    state = _resume(out / "checkpoints", policy, optimizer, offpolicy, replay, held)
+    state = resume_state(out / "checkpoints", policy, optimizer, offpolicy, replay, held)
     algo = ALGOS[rl.algo]
     # torchrun replicas: `rows` reduces log rows and holds barriers on the main thread; the learner's
     # collectives get their own process group when rl.overlap runs them on the learner thread
@@ -248,12 +131,12 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
             actor.load_state_dict(policy.state_dict())
         gathered = sharded.gather_optimizer(optimizer) if sharded is not None else None  # a collective
         if place.main:
-            _save(out / "checkpoints", acting, optimizer, state, offpolicy, replay, gathered)
-            _write_log(out / "rl_log.jsonl", state["history"])
+            save_state(out / "checkpoints", acting, optimizer, state, offpolicy, replay, gathered)
+            write_log(out / "rl_log.jsonl", state["history"])
         if rl.eval_every and row["iteration"] % rl.eval_every == 0 and row["iteration"] < rl.iterations:
             maybe_eval(row["iteration"])
             if place.main:
-                _save(out / "checkpoints", acting, optimizer, state, offpolicy, replay, gathered)
+                save_state(out / "checkpoints", acting, optimizer, state, offpolicy, replay, gathered)
 
     pending: tuple[dict, float, Future | None] | None = None
     filler = None  # rl.fsdp: one decision of this rank's rollouts, run at zero weight when it holds none
@@ -264,7 +147,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
             if it <= rl.iterations:
                 generator = torch.Generator().manual_seed(rl.seed * 1_000_003 + it + seed_offset(place))
                 tic = time.perf_counter()
-                plan = _plan(cfg, tasks, init_states, it)
+                plan = plan_iteration(cfg, tasks, init_states, it)
                 row, batch, first = _rollout(actor, pool, cfg, algo, shard_plan(plan, place), generator, it)
                 filler = first or filler
                 if rows is not None:  # the iteration over every replica's episodes
@@ -307,33 +190,13 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     if not place.main:
         dist.destroy_process_group()
         return None
-    final = _save(out / "checkpoints", acting, optimizer, state, offpolicy, replay, gathered)
+    final = save_state(out / "checkpoints", acting, optimizer, state, offpolicy, replay, gathered)
     from vla.rl.report import write_rl_report
 
     summary = write_rl_report(out, state, cfg, final)
     if place.world > 1:
         dist.destroy_process_group()
     return summary
-
-
-def _check_replicas(cfg: ExperimentConfig, place: Dist) -> None:
-    if place.world == 1:
-        if cfg.rl.fsdp:
-            raise ConfigError("rl.fsdp shards the learner over torchrun replicas: start it with "
-                              "`torchrun --nproc_per_node N -m vla.cli rl ...` (N >= 2)")
-        return
-    if cfg.rl.fsdp and cfg.rl.overlap:
-        raise ConfigError("rl.fsdp with rl.overlap is not wired in: the learner thread's FSDP collectives would "
-                          "interleave with the rollout's; set one of them false")
-    if cfg.rl.ray:
-        raise ConfigError("rl.ray puts rollouts on a Ray cluster for one learner process; under torchrun every "
-                          "replica rolls out on its own env workers: use one or the other")
-    if cfg.rl.algo == "td3":
-        raise ConfigError("rl.algo=td3 trains its small residual and critics in one process; run it without torchrun")
-    if cfg.rl.batched_envs:
-        # ManiSkill places its GPU simulation itself; one per rank on its own GPU is not wired in
-        raise ConfigError("rl.batched_envs runs one GPU simulation in one process; under torchrun use rl.workers "
-                          "env processes per replica, or one process with a larger rl.batched_envs")
 
 
 def _pool(policy, cfg: ExperimentConfig):
@@ -421,56 +284,3 @@ def _snapshot(policy):
     return actor
 
 
-def _write_log(path: Path, history: list[dict]) -> None:
-    """The log mirrors the checkpointed history (rewritten atomically), so a kill between the two
-    can neither lose nor repeat an iteration's row."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(path)
-
-
-def _save(root: Path, policy, optimizer, state: dict, offpolicy: ResidualTD3 | None = None,
-          replay: rft.SuccessReplay | None = None, gathered: tuple[dict, dict] | None = None) -> Path:
-    """gathered: rl.fsdp's optimizer state, gathered whole (policy is then the acting copy)."""
-    if offpolicy is not None:  # critics, targets, their optimizers and the replay buffer
-        tensors, td3_meta = offpolicy.state()
-        meta = {"td3": td3_meta}
-    else:
-        tensors, opt_meta = gathered if gathered is not None else optimizer_to_tensors(optimizer)
-        tensors, meta = dict(tensors), {"optimizer": opt_meta}
-    if replay is not None:  # RFT's kept successes
-        replay_tensors, meta["rft_replay"] = replay.state()
-        tensors.update(replay_tensors)
-    tensors["rng/torch"] = torch.get_rng_state()
-    return save_training_checkpoint(root, state["iteration"], policy, tensors, {**state, **meta}, keep_last=2)
-
-
-def _resume(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None,
-            replay: rft.SuccessReplay | None = None, held: dict | None = None) -> dict:
-    """The last checkpoint's weights into `policy` and its optimizer state into `optimizer` (or, with
-    no optimizer yet, rl.fsdp's, into `held`)."""
-    state = {"iteration": 0, "history": [], "evals": {}}
-    last = latest_checkpoint(root)
-    if last is None:
-        return state
-    from safetensors.torch import load_model
-
-    missing, unexpected = load_model(policy, str(last / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"cannot resume RL from {last}: weights do not match ({missing[:3]}, {unexpected[:3]})")
-    tensors, saved = load_training_state(last)
-    if offpolicy is not None:
-        offpolicy.load_state(tensors, saved.pop("td3"))
-    elif optimizer is None:
-        held.update(tensors={k: v for k, v in tensors.items() if k.startswith("optim/")}, meta=saved.pop("optimizer"))
-    else:
-        optimizer_from_tensors(optimizer, tensors, saved.pop("optimizer"))
-    replay_meta = saved.pop("rft_replay", None)
-    if replay is not None:
-        if replay_meta is None:
-            raise ConfigError(f"cannot resume RL from {last} with rl.rft_replay={replay.capacity}: the run was "
-                              "started without a success replay")
-        replay.load(tensors, replay_meta)
-    torch.set_rng_state(tensors["rng/torch"])
-    print(f"[rl] resumed from {last}", flush=True)
-    return {**state, **saved}
