@@ -10,7 +10,7 @@ CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 export MUJOCO_GL ?= egl
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install finetune train demos eval rl rl-demo rl-demo-residual rl-demo-tokens rl-demo-rft rl-demo-pushcube config test test-unit bench clean
+.PHONY: install finetune train demos eval rl rl-noise rl-demo rl-demo-residual rl-demo-tokens rl-demo-rft rl-demo-pushcube config test test-unit bench clean
 
 install:
 	bash scripts/install.sh
@@ -39,6 +39,12 @@ ALGO ?= ppo
 rl:
 	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo|rft|td3 CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
 	$(VLA) rl --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
+
+# How many episodes an RL update needs at a checkpoint (the gradient noise scale of its policy gradient),
+# from one GRPO plan of rl.episodes_per_iter episodes; README "Online RL", "How many episodes an update needs".
+rl-noise:
+	@test -n "$(CKPT)" || (echo "usage: make rl-noise POLICY=<recipe> SIM=libero CKPT=<checkpoint> [ARGS='rl.episodes_per_iter=128 ...']"; exit 2)
+	$(VLA) rl-noise --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) $(ARGS)
 
 # The RL learning demonstration in the README: a deliberately under-trained diffusion policy (the
 # 1,000-step checkpoint of `make finetune`'s 1,500-step BC run), then GRPO on init states 0-9 of its

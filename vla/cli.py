@@ -1,4 +1,5 @@
-"""`vla` command line: finetune (demos -> BC -> eval), demos, train, eval, fit, sweep, rl, serve, deploy, config, bench."""
+"""`vla` command line: finetune (demos -> BC -> eval), demos, train, eval, fit, sweep, rl, rl-noise, serve, deploy, config,
+bench."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     rl = sub.add_parser("rl", help="online RL (PPO/GRPO) from a BC checkpoint, evaluated before and after")
     _common(rl)
     rl.add_argument("--ckpt", required=True, help="BC checkpoint (POLICY=residual: the base to freeze)")
+    rn = sub.add_parser("rl-noise", help="how many episodes an RL update needs at a checkpoint: the gradient noise "
+                                         "scale of its policy gradient, from one GRPO iteration's rollouts")
+    _common(rn)
+    rn.add_argument("--ckpt", required=True, help="the checkpoint RL would start from")
+    rn.add_argument("--out", default=None, help="default: <checkpoint's run>/noise_scale")
     sw = sub.add_parser("sweep", help="evaluation sweep over LIBERO or ManiSkill suites on worker processes "
                                       "(resumable)")
     sw.add_argument("--ckpt", help="checkpoint directory")
@@ -113,6 +119,11 @@ def _run(args) -> int:
             return 2
         if summary is not None:  # None: a torchrun replica other than rank 0
             print(json.dumps({k: summary[k] for k in ("before", "after", "rl_seconds", "checkpoint")}, indent=2))
+        return 0
+    if args.cmd == "rl-noise":
+        from vla.rl.noise_scale import format_report, measure
+
+        print(format_report(measure(args.ckpt, args.policy, [f"sim={args.sim}", *args.overrides], args.out)))
         return 0
     if args.cmd == "serve":
         from real_robot.server import policy_infer, run

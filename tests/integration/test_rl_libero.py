@@ -106,3 +106,22 @@ def test_td3_residual_killed_and_resumed_keeps_its_replay_buffer(tmp_path):
     bc = load_policy(base)
     for name, value in bc.head.state_dict().items():  # the base head stayed frozen
         assert torch.equal(value, policy.head.base.state_dict()[name])
+
+
+def test_rl_noise_measures_the_gradient_noise_scale_of_real_rollouts(tmp_path):
+    """`vla rl-noise` rolls out one GRPO plan in LIBERO and reports B for both baselines and every parameter
+    group; the dense reward makes every return differ, so every group carries a gradient."""
+    ckpt = _checkpoint(tmp_path / "bc" / "ckpt", {"type": "oft", "oft_output": "tokens"})
+    done = subprocess.run([sys.executable, "-m", "vla.cli", "rl-noise", "--policy", "openvla_oft", "--ckpt", str(ckpt),
+                           "--out", str(tmp_path / "noise"), "rl.max_steps=16", "rl.torch_threads=1", "rl.workers=2",
+                           "rl.episodes_per_iter=8", "rl.group_size=2", "rl.reward=dense", "head.learn_temperature=true"],
+                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "noise" / "noise_scale.json").read_text())
+    assert report["episodes"] == 8 and report["group_size"] == 2 and report["env_frames"] == 8 * 16
+    rows = {(r["baseline"], r["parameters"]): r for r in report["results"]}
+    assert set(rows) == {(b, p) for b in ("group", "batch") for p in ("actor", "temperature")}
+    assert rows["group", "temperature"]["numel"] == 7
+    for r in rows.values():
+        assert r["units"] == 4 and r["noise"] > 0 and np.isfinite(r["signal"])
+    assert "| group | actor" in done.stdout and (tmp_path / "noise" / "noise_scale.md").exists()

@@ -1,0 +1,228 @@
+"""How many episodes one RL update needs at a checkpoint: the gradient noise scale of its policy gradient.
+
+McCandlish et al. (2018, "An empirical model of large-batch training") define the simple noise scale
+B = tr(Sigma) / |G|^2: G is the true gradient, Sigma the covariance of the gradient one sample
+contributes. A batch of b samples has gradient G + noise of variance tr(Sigma) / b, so below
+b ~ B a step is mostly noise (its expected cosine with G is about 1 / sqrt(1 + B / b)), and Adam,
+which normalizes the step's size, then takes full-size steps in mostly random directions: the
+drift the README's RL runs show at 16-64 episodes per update. Above B, larger batches buy little.
+
+The sample here is a GRPO group (its episodes share a scene, and its normalized advantages depend on
+each other), so every estimate is per group and converted to episodes by the group size. Two
+baselines are measured on the same rollouts: `group` (GRPO's: return normalized within the group,
+all-success or all-failure groups contribute nothing) and `batch` (return normalized over every
+episode of the batch, what a critic-free PPO would use). Every number follows from the Gram matrix
+of the per-episode gradients, so each baseline costs no extra backward pass.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla.config import ConfigError
+from vla.devices import pick_device
+from vla.rl.buffer import flatten
+from vla.rl.objective import ratio_scale
+from vla.rl.rollout import EpisodeRollout
+
+BATCHES = (16, 64, 256, 1024, 4096)  # episodes per update reported in the "gradient quality" columns
+MAX_GRADIENT_BYTES = 8 * 2**30  # per-episode gradients are held in memory to form their Gram matrix
+
+
+@dataclass
+class NoiseScale:
+    units: int  # independent samples (groups) the estimate rests on
+    signal: float  # |G|^2, unbiased: the squared norm of the mean gradient of one unit
+    noise: float  # tr(Sigma): the summed variance of one unit's gradient
+    scale: float  # B = noise / signal in units (inf when no signal is detected above the noise)
+    ci90: tuple[float, float]  # bias-corrected bootstrap over units (5th and 95th percentiles of B)
+    split_cosine: float  # mean cosine between the gradients of two random halves of the units
+
+
+def noise_scale(gram: np.ndarray, rng: np.random.Generator, resamples: int = 2000, splits: int = 200) -> NoiseScale:
+    """B and its parts from the Gram matrix K[i, j] = g_i . g_j of U per-unit gradients."""
+    units = len(gram)
+    if units < 4 or gram.shape != (units, units):
+        raise ValueError(f"need a square Gram matrix of at least 4 units, got shape {gram.shape}")
+    signal, noise = _signal_noise(gram)
+    # bootstrap over units; a resample repeats units, which biases its signal up by about noise / U, so
+    # each resample's (signal, noise) is shifted by the resamples' mean bias before taking the ratio
+    pairs = []
+    for _ in range(resamples):
+        pick = rng.integers(units, size=units)
+        pairs.append(_signal_noise(gram[np.ix_(pick, pick)]))
+    pairs = np.array(pairs) - (np.mean(pairs, axis=0) - [signal, noise])
+    boot = [n / s if s > 0 else np.inf for s, n in pairs]
+    cosines = []
+    for _ in range(splits):
+        order = rng.permutation(units)
+        a, b = order[: units // 2], order[units // 2:]
+        ab, aa, bb = gram[np.ix_(a, b)].sum(), gram[np.ix_(a, a)].sum(), gram[np.ix_(b, b)].sum()
+        cosines.append(ab / np.sqrt(aa * bb) if aa > 0 and bb > 0 else 0.0)
+    boot = np.sort(boot)  # inf (no signal in a resample) sorts last
+    low, high = boot[int(0.05 * resamples)], boot[int(0.95 * resamples) - 1]
+    return NoiseScale(units, float(signal), float(noise), float(noise / signal) if signal > 0 else float("inf"),
+                      (float(low), float(high)), float(np.mean(cosines)))
+
+
+def _signal_noise(gram: np.ndarray) -> tuple[float, float]:
+    """(unbiased |G|^2, tr Sigma) from the Gram matrix of U samples."""
+    units = len(gram)
+    mean_sq = gram.sum() / units**2  # |mean g|^2
+    noise = (np.trace(gram) - units * mean_sq) / (units - 1)
+    return mean_sq - noise / units, noise
+
+
+def step_cosine(scale: float, batch: float) -> float:
+    """Expected cosine between a batch's gradient and the true one: 1 / sqrt(1 + B / b)."""
+    return 0.0 if not np.isfinite(scale) else float(1.0 / np.sqrt(1.0 + scale / batch))
+
+
+def advantages(episodes: list[EpisodeRollout], baseline: str, filter_groups: bool = True) -> np.ndarray:
+    """One advantage per episode: `group` = GRPO's (vla.rl.grpo), `batch` = normalized over all episodes."""
+    returns = np.array([e.ret for e in episodes])
+    if baseline == "batch":
+        return (returns - returns.mean()) / (returns.std() + 1e-6)
+    if baseline != "group":
+        raise ValueError(f"baseline must be group or batch, got {baseline!r}")
+    by_group: dict[int, list[int]] = defaultdict(list)
+    for i, e in enumerate(episodes):
+        by_group[e.plan.group].append(i)
+    out = np.zeros(len(episodes))
+    for members in by_group.values():
+        r = returns[members]
+        if len(members) < 2 or (filter_groups and np.all(r == r[0])):
+            continue
+        out[members] = (r - r.mean()) / (r.std() + 1e-6)
+    return out
+
+
+def parameter_groups(policy) -> dict[str, list[torch.nn.Parameter]]:
+    """The parameters RL updates, as the optimizer groups them (the critic excluded: it follows no policy gradient)."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"actor": [], "temperature": []}
+    for name, p in policy.named_parameters():
+        if not p.requires_grad or name.startswith("value_head."):
+            continue
+        groups["temperature" if name.endswith("log_temperature") else "actor"].append(p)
+    return {k: v for k, v in groups.items() if v}
+
+
+def episode_gradients(policy, episodes: list[EpisodeRollout], params: dict[str, list[torch.nn.Parameter]]
+                      ) -> dict[str, torch.Tensor]:
+    """Per parameter group, one row per episode: the gradient of its decisions' mean chunk log-prob
+    (per action dimension, as `rl.log_ratio=per_dim` scales it). GRPO's loss weighs every episode
+    the same however many decisions it took, so an episode's share is this row times its advantage."""
+    scale = ratio_scale(policy.cfg.rl, policy.cfg.head.chunk_size, policy.cfg.head.action_dim)
+    sizes = {k: sum(p.numel() for p in ps) for k, ps in params.items()}
+    needed = 4 * len(episodes) * sum(sizes.values())
+    if needed > MAX_GRADIENT_BYTES:
+        raise ConfigError(f"{len(episodes)} episodes x {sum(sizes.values()):,} trainable parameters need "
+                          f"{needed / 2**30:.1f} GiB of per-episode gradients (limit {MAX_GRADIENT_BYTES / 2**30:.0f}); "
+                          f"use fewer rl.episodes_per_iter or LoRA (backbone.lora_rank)")
+    rows = {k: torch.zeros(len(episodes), n) for k, n in sizes.items()}
+    policy.eval()  # no dropout: the log-prob must be the one that sampled
+    for i, episode in enumerate(episodes):
+        if not episode.decisions:
+            continue
+        batch = flatten([episode], [np.zeros(len(episode.decisions))], [np.zeros(len(episode.decisions))])
+        policy.zero_grad(set_to_none=True)
+        prefix = policy.build_prefix(batch.images, batch.states, batch.instructions)
+        log_prob, _ = policy.head.evaluate(prefix, {k: v.to(policy.device) for k, v in batch.records.items()})
+        (log_prob.mean() / scale).backward()
+        for k, ps in params.items():
+            rows[k][i] = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).cpu()
+                                    for p in ps])
+    policy.zero_grad(set_to_none=True)
+    return rows
+
+
+def unit_gram(episode_gram: np.ndarray, episodes: list[EpisodeRollout], advantage: np.ndarray) -> np.ndarray:
+    """Gram matrix of the groups' gradients g_u = sum over its episodes of A_e h_e, from that of the h_e."""
+    groups = sorted({e.plan.group for e in episodes})
+    mix = np.zeros((len(groups), len(episodes)))
+    for i, e in enumerate(episodes):
+        mix[groups.index(e.plan.group), i] = advantage[i]
+    return mix @ episode_gram @ mix.T
+
+
+def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str | Path | None = None) -> dict:
+    """Rolls out one GRPO iteration's plan (rl.episodes_per_iter episodes in groups of rl.group_size) with
+    the checkpoint's RL sampler and reports the noise scale of each parameter group under both baselines."""
+    import time
+
+    import sim
+    from vla.rl.prepare import check_config, check_reward, plan_iteration, prepare_policy
+    from vla.rl.rollout import EnvPool
+
+    policy = prepare_policy(ckpt, recipe, [*overrides, "rl.algo=grpo"])
+    cfg, rl = policy.cfg, policy.cfg.rl
+    check_config(cfg)
+    if rl.episodes_per_iter // rl.group_size < 4:
+        raise ConfigError(f"the estimate needs at least 4 groups: rl.episodes_per_iter={rl.episodes_per_iter} "
+                          f"holds {rl.episodes_per_iter // rl.group_size} of rl.group_size={rl.group_size}")
+    policy.to(pick_device(cfg.device))
+    torch.set_num_threads(rl.torch_threads or max(1, (os.cpu_count() or 1) - rl.workers))
+    tasks = [(cfg.demos.suite, t) for t in (rl.tasks or cfg.demos.tasks)]
+    check_reward(cfg, tasks)
+    init_states = rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
+    plan = plan_iteration(cfg, tasks, init_states, 1)
+    pool = EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed, reward=rl.reward)
+    tic = time.perf_counter()
+    try:
+        episodes, stats = pool.collect(policy, plan, torch.Generator().manual_seed(rl.seed * 1_000_003 + 1))
+    finally:
+        pool.close()
+    rollout_s = time.perf_counter() - tic
+    tic = time.perf_counter()
+    params = parameter_groups(policy)
+    rows = episode_gradients(policy, episodes, params)
+    gradient_s = time.perf_counter() - tic
+    rng = np.random.default_rng(rl.seed)
+    results = []
+    for baseline in ("group", "batch"):
+        adv = advantages(episodes, baseline, rl.filter_groups)
+        for name, grads in rows.items():
+            gram = (grads @ grads.T).double().numpy()
+            ns = noise_scale(unit_gram(gram, episodes, adv), rng)
+            episodes_scale = ns.scale * rl.group_size
+            results.append({"baseline": baseline, "parameters": name, "numel": int(grads.shape[1]), **asdict(ns),
+                            "scale_episodes": episodes_scale,
+                            "ci90_episodes": [c * rl.group_size for c in ns.ci90],
+                            "step_cosine": {str(b): step_cosine(episodes_scale, b) for b in BATCHES}})
+    report = {"checkpoint": str(ckpt), "episodes": len(episodes), "group_size": rl.group_size,
+              "successes": int(sum(e.success for e in episodes)), "reward": rl.reward,
+              "groups_all_same": int(sum(1 for g in {e.plan.group for e in episodes}
+                                         if len({x.success for x in episodes if x.plan.group == g}) == 1)),
+              "rollout_s": round(rollout_s, 1), "gradient_s": round(gradient_s, 1),
+              "env_frames": stats.env_steps, "results": results}
+    out = Path(out) if out is not None else Path(ckpt).resolve().parent.parent / "noise_scale"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "noise_scale.json").write_text(json.dumps(report, indent=2))
+    (out / "noise_scale.md").write_text(format_report(report))
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The markdown table `vla rl-noise` prints and writes."""
+    head = (f"{report['episodes']} episodes in groups of {report['group_size']} ({report['successes']} successes, "
+            f"{report['groups_all_same']} groups all-success or all-failure), {report['reward']} reward, from "
+            f"{report['checkpoint']}\n\n")
+    cols = " | ".join(f"cos @ {b}" for b in BATCHES)
+    lines = [f"| baseline | parameters | B (episodes) | 90% CI | split-half cosine | {cols} |",
+             "|---|---|---|---|---|" + "---|" * len(BATCHES)]
+    for r in report["results"]:
+        low, high = r["ci90_episodes"]
+        cos = " | ".join(f"{r['step_cosine'][str(b)]:.2f}" for b in BATCHES)
+        lines.append(f"| {r['baseline']} | {r['parameters']} ({r['numel']:,}) | {_num(r['scale_episodes'])} | "
+                     f"{_num(low)}-{_num(high)} | {r['split_cosine']:.2f} | {cos} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def _num(x: float) -> str:
+    return "inf" if not np.isfinite(x) else f"{x:,.0f}"
