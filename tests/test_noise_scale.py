@@ -8,7 +8,7 @@ from vla.config import RLConfig
 from vla.rl import grpo
 from vla.rl.buffer import flatten
 from vla.rl.noise_scale import (advantages, episode_gradients, noise_scale, parameter_groups, step_cosine,
-                                unit_gram)
+                                summarize, unit_gram)
 from vla.rl.objective import _loss, clip_range, ratio_scale
 from vla.rl.rollout import Decision, EpisodeRollout, PlannedEpisode
 from vla.random_policy import random_policy
@@ -41,31 +41,39 @@ def test_pure_noise_and_pure_signal():
         noise_scale(np.eye(3), np.random.default_rng(0))
 
 
-def _episode(group, ret, n_decisions=1):
-    d = [Decision(np.zeros((1, 8, 8, 3), np.uint8), np.zeros(8, np.float32), {}, 0.0, 0.0, 0.0)
-         for _ in range(n_decisions)]
-    d[-1].reward = ret
-    return EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, group), "x", d, success=ret > 0)
-
-
 def test_baselines():
-    eps = [_episode(0, 1), _episode(0, 0), _episode(1, 1), _episode(1, 1), _episode(2, 0), _episode(2, 1)]
-    group = advantages(eps, "group")
-    kept, advs, _, _ = grpo.advantages(eps, RLConfig(algo="grpo"))
+    groups, returns = np.array([0, 0, 1, 1, 2, 2]), np.array([1.0, 0, 1, 1, 0, 1])
+    eps = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, int(g)), "x",
+                          [Decision(np.zeros((1, 8, 8, 3), np.uint8), np.zeros(8, np.float32), {}, 0.0, 0.0, r)])
+           for g, r in zip(groups, returns)]
+    group = advantages(groups, returns, "group")
+    _, advs, _, _ = grpo.advantages(eps, RLConfig(algo="grpo"))
     assert group[[0, 1, 4, 5]] == pytest.approx([a[0] for a in advs])  # GRPO's own values
     assert group[2] == group[3] == 0  # an all-success group carries nothing
-    batch = advantages(eps, "batch")
+    batch = advantages(groups, returns, "batch")
     assert batch.mean() == pytest.approx(0, abs=1e-9) and batch[2] > 0 > batch[1]
     with pytest.raises(ValueError, match="group or batch"):
-        advantages(eps, "critic")
+        advantages(groups, returns, "critic")
 
 
 def test_unit_gram_sums_each_groups_advantaged_gradients():
-    eps = [_episode(g, 0) for g in (0, 0, 1, 1, 1, 2)]
+    groups = np.array([0, 0, 1, 1, 1, 2])
     h = np.random.default_rng(0).normal(size=(6, 9))
     adv = np.array([1.0, -1.0, 0.5, 0.2, -0.7, 2.0])
     units = np.stack([adv[0] * h[0] + adv[1] * h[1], adv[2:5] @ h[2:5], adv[5] * h[5]])
-    assert unit_gram(h @ h.T, eps, adv) == pytest.approx(units @ units.T)
+    assert unit_gram(h @ h.T, groups, adv) == pytest.approx(units @ units.T)
+
+
+def test_summarize_reports_both_baselines_per_parameter_group():
+    rng = np.random.default_rng(0)
+    groups, returns = np.repeat(np.arange(8), 2), rng.integers(0, 2, 16).astype(float)
+    h = {"actor": rng.normal(size=(16, 30)), "temperature": rng.normal(size=(16, 7))}
+    rows = summarize({k: v @ v.T for k, v in h.items()}, groups, returns, group_size=2)
+    assert [(r["baseline"], r["parameters"]) for r in rows] == [
+        ("group", "actor"), ("group", "temperature"), ("batch", "actor"), ("batch", "temperature")]
+    for r in rows:
+        assert r["units"] == 8 and r["scale_episodes"] == pytest.approx(2 * r["scale"])
+        assert set(r["step_cosine"]) == {"16", "64", "256", "1024", "4096"}
 
 
 def test_episode_gradients_give_grpos_policy_gradient():
@@ -91,7 +99,7 @@ def test_episode_gradients_give_grpos_policy_gradient():
     params = parameter_groups(policy)
     assert set(params) == {"actor", "temperature"} and params["temperature"][0].numel() == 7
     rows = episode_gradients(policy, eps, params)
-    adv = advantages(eps, "group")
+    adv = advantages(np.zeros(3, int), np.array([e.ret for e in eps]), "group")
     kept, advs, rets, _ = grpo.advantages(eps, policy.cfg.rl)
     batch = flatten(kept, advs, rets, per_episode=True)
     policy.zero_grad(set_to_none=True)

@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     rn = sub.add_parser("rl-noise", help="how many episodes an RL update needs at a checkpoint: the gradient noise "
                                          "scale of its policy gradient, from one GRPO iteration's rollouts")
     _common(rn)
-    rn.add_argument("--ckpt", required=True, help="the checkpoint RL would start from")
+    rn.add_argument("--ckpt", help="the checkpoint RL would start from")
     rn.add_argument("--out", default=None, help="default: <checkpoint's run>/noise_scale")
+    rn.add_argument("--from", dest="saved", metavar="DIR", help="recompute the report from an earlier run's output "
+                    "(its saved Gram matrices), without rollouts")
     sw = sub.add_parser("sweep", help="evaluation sweep over LIBERO or ManiSkill suites on worker processes "
                                       "(resumable)")
     sw.add_argument("--ckpt", help="checkpoint directory")
@@ -121,9 +123,14 @@ def _run(args) -> int:
             print(json.dumps({k: summary[k] for k in ("before", "after", "rl_seconds", "checkpoint")}, indent=2))
         return 0
     if args.cmd == "rl-noise":
-        from vla.rl.noise_scale import format_report, measure
+        from vla.rl.noise_scale import format_report, measure, recompute
 
-        print(format_report(measure(args.ckpt, args.policy, [f"sim={args.sim}", *args.overrides], args.out)))
+        if bool(args.ckpt) == bool(args.saved):
+            print("error: give --ckpt (measure) or --from DIR (recompute a measurement), one of them", file=sys.stderr)
+            return 2
+        report = recompute(args.saved) if args.saved else measure(args.ckpt, args.policy, [f"sim={args.sim}",
+                                                                                          *args.overrides], args.out)
+        print(format_report(report))
         return 0
     if args.cmd == "serve":
         from real_robot.server import policy_infer, run

@@ -1,7 +1,9 @@
 """`vla rl` against real LIBERO workers with tiny random policies: PPO killed with SIGKILL after
 its first RL checkpoint and started again finishes every iteration exactly once, with the
 before/after evaluation, log, learning curve and a loadable checkpoint; GRPO over a frozen-base
-residual runs end to end too, and off-policy TD3 on a residual resumes after SIGKILL with its replay buffer. (Learning itself is shown by the RL benchmark, not here.)"""
+residual runs end to end too, and off-policy TD3 on a residual resumes after SIGKILL with its replay buffer;
+`vla rl-noise` measures a gradient noise scale on real rollouts. (Learning itself is shown by the RL benchmark,
+not here.)"""
 import json
 import os
 import signal
@@ -125,3 +127,8 @@ def test_rl_noise_measures_the_gradient_noise_scale_of_real_rollouts(tmp_path):
     for r in rows.values():
         assert r["units"] == 4 and r["noise"] > 0 and np.isfinite(r["signal"])
     assert "| group | actor" in done.stdout and (tmp_path / "noise" / "noise_scale.md").exists()
+    # the saved Gram matrices give the same report again without a simulator
+    again = subprocess.run([sys.executable, "-m", "vla.cli", "rl-noise", "--from", str(tmp_path / "noise")],
+                           env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "noise" / "noise_scale.json").read_text())["results"] == report["results"]

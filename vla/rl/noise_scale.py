@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from vla.config import ConfigError
 from vla.devices import pick_device
@@ -33,6 +33,7 @@ from vla.rl.rollout import EpisodeRollout
 
 BATCHES = (16, 64, 256, 1024, 4096)  # episodes per update reported in the "gradient quality" columns
 MAX_GRADIENT_BYTES = 8 * 2**30  # per-episode gradients are held in memory to form their Gram matrix
+GRAM_FILE = "episode_gram.safetensors"
 
 
 @dataclass
@@ -51,14 +52,15 @@ def noise_scale(gram: np.ndarray, rng: np.random.Generator, resamples: int = 200
     if units < 4 or gram.shape != (units, units):
         raise ValueError(f"need a square Gram matrix of at least 4 units, got shape {gram.shape}")
     signal, noise = _signal_noise(gram)
-    # bootstrap over units; a resample repeats units, which biases its signal up by about noise / U, so
-    # each resample's (signal, noise) is shifted by the resamples' mean bias before taking the ratio
-    pairs = []
+    # bootstrap over units. The signal is the mean off-diagonal entry of the Gram matrix (an unbiased
+    # U-statistic); in a resample, pairs of two copies of one unit would put |g_i|^2 into it, so they are left out
+    boot = []
     for _ in range(resamples):
         pick = rng.integers(units, size=units)
-        pairs.append(_signal_noise(gram[np.ix_(pick, pick)]))
-    pairs = np.array(pairs) - (np.mean(pairs, axis=0) - [signal, noise])
-    boot = [n / s if s > 0 else np.inf for s, n in pairs]
+        distinct = pick[:, None] != pick[None, :]
+        sub = gram[np.ix_(pick, pick)]
+        s = sub[distinct].mean()
+        boot.append((np.diag(sub).mean() - s) / s if s > 0 else np.inf)
     cosines = []
     for _ in range(splits):
         order = rng.permutation(units)
@@ -72,11 +74,11 @@ def noise_scale(gram: np.ndarray, rng: np.random.Generator, resamples: int = 200
 
 
 def _signal_noise(gram: np.ndarray) -> tuple[float, float]:
-    """(unbiased |G|^2, tr Sigma) from the Gram matrix of U samples."""
+    """(unbiased |G|^2, unbiased tr Sigma) from the Gram matrix of U samples: the mean off-diagonal
+    entry estimates g_i . g_j = |G|^2 for independent i != j, the mean diagonal one E|g|^2 = tr Sigma + |G|^2."""
     units = len(gram)
-    mean_sq = gram.sum() / units**2  # |mean g|^2
-    noise = (np.trace(gram) - units * mean_sq) / (units - 1)
-    return mean_sq - noise / units, noise
+    signal = (gram.sum() - np.trace(gram)) / (units * (units - 1))
+    return signal, np.trace(gram) / units - signal
 
 
 def step_cosine(scale: float, batch: float) -> float:
@@ -84,18 +86,16 @@ def step_cosine(scale: float, batch: float) -> float:
     return 0.0 if not np.isfinite(scale) else float(1.0 / np.sqrt(1.0 + scale / batch))
 
 
-def advantages(episodes: list[EpisodeRollout], baseline: str, filter_groups: bool = True) -> np.ndarray:
-    """One advantage per episode: `group` = GRPO's (vla.rl.grpo), `batch` = normalized over all episodes."""
-    returns = np.array([e.ret for e in episodes])
+def advantages(groups: np.ndarray, returns: np.ndarray, baseline: str, filter_groups: bool = True) -> np.ndarray:
+    """One advantage per episode (episode i in group groups[i] returned returns[i]): `group` = GRPO's
+    (vla.rl.grpo), `batch` = normalized over all episodes."""
     if baseline == "batch":
         return (returns - returns.mean()) / (returns.std() + 1e-6)
     if baseline != "group":
         raise ValueError(f"baseline must be group or batch, got {baseline!r}")
-    by_group: dict[int, list[int]] = defaultdict(list)
-    for i, e in enumerate(episodes):
-        by_group[e.plan.group].append(i)
-    out = np.zeros(len(episodes))
-    for members in by_group.values():
+    out = np.zeros(len(returns))
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
         r = returns[members]
         if len(members) < 2 or (filter_groups and np.all(r == r[0])):
             continue
@@ -142,13 +142,28 @@ def episode_gradients(policy, episodes: list[EpisodeRollout], params: dict[str, 
     return rows
 
 
-def unit_gram(episode_gram: np.ndarray, episodes: list[EpisodeRollout], advantage: np.ndarray) -> np.ndarray:
+def unit_gram(episode_gram: np.ndarray, groups: np.ndarray, advantage: np.ndarray) -> np.ndarray:
     """Gram matrix of the groups' gradients g_u = sum over its episodes of A_e h_e, from that of the h_e."""
-    groups = sorted({e.plan.group for e in episodes})
-    mix = np.zeros((len(groups), len(episodes)))
-    for i, e in enumerate(episodes):
-        mix[groups.index(e.plan.group), i] = advantage[i]
+    ids = np.unique(groups)
+    mix = (groups[None, :] == ids[:, None]) * advantage[None, :]
     return mix @ episode_gram @ mix.T
+
+
+def summarize(grams: dict[str, np.ndarray], groups: np.ndarray, returns: np.ndarray, group_size: int,
+              filter_groups: bool = True, seed: int = 0) -> list[dict]:
+    """Per baseline and parameter group: B (in groups and in episodes), its interval, the split-half
+    cosine and the expected step cosine at BATCHES episodes per update."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for baseline in ("group", "batch"):
+        adv = advantages(groups, returns, baseline, filter_groups)
+        for name, gram in grams.items():
+            ns = noise_scale(unit_gram(gram, groups, adv), rng)
+            scale = ns.scale * group_size
+            results.append({"baseline": baseline, "parameters": name, **asdict(ns), "scale_episodes": scale,
+                            "ci90_episodes": [c * group_size for c in ns.ci90],
+                            "step_cosine": {str(b): step_cosine(scale, b) for b in BATCHES}})
+    return results
 
 
 def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str | Path | None = None) -> dict:
@@ -179,33 +194,43 @@ def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str
     finally:
         pool.close()
     rollout_s = time.perf_counter() - tic
+    print(f"[rl-noise] {len(episodes)} episodes ({sum(e.success for e in episodes)} successes) in {rollout_s:.0f} s; "
+          f"one backward pass per episode next", flush=True)
     tic = time.perf_counter()
     params = parameter_groups(policy)
     rows = episode_gradients(policy, episodes, params)
-    gradient_s = time.perf_counter() - tic
-    rng = np.random.default_rng(rl.seed)
-    results = []
-    for baseline in ("group", "batch"):
-        adv = advantages(episodes, baseline, rl.filter_groups)
-        for name, grads in rows.items():
-            gram = (grads @ grads.T).double().numpy()
-            ns = noise_scale(unit_gram(gram, episodes, adv), rng)
-            episodes_scale = ns.scale * rl.group_size
-            results.append({"baseline": baseline, "parameters": name, "numel": int(grads.shape[1]), **asdict(ns),
-                            "scale_episodes": episodes_scale,
-                            "ci90_episodes": [c * rl.group_size for c in ns.ci90],
-                            "step_cosine": {str(b): step_cosine(episodes_scale, b) for b in BATCHES}})
-    report = {"checkpoint": str(ckpt), "episodes": len(episodes), "group_size": rl.group_size,
-              "successes": int(sum(e.success for e in episodes)), "reward": rl.reward,
-              "groups_all_same": int(sum(1 for g in {e.plan.group for e in episodes}
-                                         if len({x.success for x in episodes if x.plan.group == g}) == 1)),
-              "rollout_s": round(rollout_s, 1), "gradient_s": round(gradient_s, 1),
-              "env_frames": stats.env_steps, "results": results}
+    grams = {name: (g @ g.T).double().numpy() for name, g in rows.items()}
+    meta = {"checkpoint": str(ckpt), "episodes": len(episodes), "group_size": rl.group_size,
+            "successes": int(sum(e.success for e in episodes)), "reward": rl.reward, "filter_groups": rl.filter_groups,
+            "seed": rl.seed, "numel": {name: int(g.shape[1]) for name, g in rows.items()},
+            "rollout_s": round(rollout_s, 1), "gradient_s": round(time.perf_counter() - tic, 1),
+            "env_frames": stats.env_steps}
     out = Path(out) if out is not None else Path(ckpt).resolve().parent.parent / "noise_scale"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "noise_scale.json").write_text(json.dumps(report, indent=2))
-    (out / "noise_scale.md").write_text(format_report(report))
-    return report
+    # the rollouts reduced to what every estimate needs, so `vla rl-noise --from` recomputes without a simulator
+    save_file({**{f"gram.{name}": torch.from_numpy(g) for name, g in grams.items()},
+               "groups": torch.tensor([e.plan.group for e in episodes]),
+               "returns": torch.tensor([e.ret for e in episodes], dtype=torch.float64),
+               "success": torch.tensor([e.success for e in episodes])}, str(out / GRAM_FILE))
+    (out / "noise_scale.json").write_text(json.dumps(meta, indent=2))
+    return recompute(out)
+
+
+def recompute(out: str | Path) -> dict:
+    """The report from a measurement's saved Gram matrices (`vla rl-noise --from DIR`)."""
+    out = Path(out)
+    if not (out / GRAM_FILE).exists():
+        raise FileNotFoundError(f"{out / GRAM_FILE} not found: --from takes the output directory of a `vla rl-noise` run")
+    saved = load_file(str(out / GRAM_FILE))
+    meta = json.loads((out / "noise_scale.json").read_text())
+    groups, returns, success = saved["groups"].numpy(), saved["returns"].numpy(), saved["success"].numpy()
+    grams = {k.removeprefix("gram."): v.numpy() for k, v in saved.items() if k.startswith("gram.")}
+    meta["groups_all_same"] = int(sum(len(set(success[groups == g])) == 1 for g in np.unique(groups)))
+    meta["results"] = [{**r, "numel": meta["numel"][r["parameters"]]} for r in
+                       summarize(grams, groups, returns, meta["group_size"], meta["filter_groups"], meta["seed"])]
+    (out / "noise_scale.json").write_text(json.dumps(meta, indent=2))
+    (out / "noise_scale.md").write_text(format_report(meta))
+    return meta
 
 
 def format_report(report: dict) -> str:
