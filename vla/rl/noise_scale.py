@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class NoiseScale:
     signal: float  # |G|^2, unbiased: the squared norm of the mean gradient of one unit
     noise: float  # tr(Sigma): the summed variance of one unit's gradient
     scale: float  # B = noise / signal in units (inf when no signal is detected above the noise)
-    ci90: tuple[float, float]  # bias-corrected bootstrap over units (5th and 95th percentiles of B)
+    ci90: tuple[float, float]  # bootstrap over units (5th and 95th percentiles of B)
     split_cosine: float  # mean cosine between the gradients of two random halves of the units
 
 
@@ -169,8 +170,6 @@ def summarize(grams: dict[str, np.ndarray], groups: np.ndarray, returns: np.ndar
 def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str | Path | None = None) -> dict:
     """Rolls out one GRPO iteration's plan (rl.episodes_per_iter episodes in groups of rl.group_size) with
     the checkpoint's RL sampler and reports the noise scale of each parameter group under both baselines."""
-    import time
-
     import sim
     from vla.rl.prepare import check_config, check_reward, plan_iteration, prepare_policy
     from vla.rl.rollout import EnvPool
