@@ -48,6 +48,7 @@ def test_baselines():
            for g, r in zip(groups, returns)]
     group = advantages(groups, returns, "group")
     _, advs, _, _ = grpo.advantages(eps, RLConfig(algo="grpo"))
+    assert group[[0, 1, 4, 5]] == pytest.approx([1, -1, -1, 1], abs=1e-5)  # (r - mean) / std within the group
     assert group[[0, 1, 4, 5]] == pytest.approx([a[0] for a in advs])  # GRPO's own values
     assert group[2] == group[3] == 0  # an all-success group carries nothing
     batch = advantages(groups, returns, "batch")

@@ -4,11 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 import policies
 import sim
-from vla.config import ExperimentConfig, load_yaml, merge, parse_overrides, to_yaml
+from vla.config import ExperimentConfig, load_yaml, merge, parse_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 

@@ -6,8 +6,6 @@ carry no signal (all advantages zero) and are filtered out; the asymmetric "clip
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
 from vla.config import RLConfig
@@ -26,20 +24,27 @@ def plan_groups(tasks: list[tuple[str, int]], init_states: list[int], groups: in
     return plan
 
 
+def group_advantages(groups: np.ndarray, returns: np.ndarray, filter_groups: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode (episode i is in group groups[i] and returned returns[i]): its return normalized within
+    its group, and whether its group is kept (groups of one, and with filter_groups those whose members all
+    returned the same, carry no signal and get advantage 0)."""
+    adv, kept = np.zeros(len(returns)), np.zeros(len(returns), dtype=bool)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        r = returns[members]
+        if len(members) < 2 or (filter_groups and np.all(r == r[0])):
+            continue
+        adv[members], kept[members] = (r - r.mean()) / (r.std() + 1e-6), True
+    return adv, kept
+
+
 def advantages(episodes: list[EpisodeRollout], cfg: RLConfig) -> tuple[list[EpisodeRollout], list[np.ndarray], list[np.ndarray], dict]:
     """(kept episodes, per-decision advantages, returns (unused: no critic), logs)."""
-    groups: dict[int, list[EpisodeRollout]] = defaultdict(list)
-    for e in episodes:
-        groups[e.plan.group].append(e)
-    kept, advs, filtered = [], [], 0
-    for members in groups.values():
-        returns = np.array([e.ret for e in members])
-        if len(members) < 2 or (cfg.filter_groups and np.all(returns == returns[0])):
-            filtered += 1
-            continue
-        normalized = (returns - returns.mean()) / (returns.std() + 1e-6)
-        for e, a in zip(members, normalized):
-            kept.append(e)
-            advs.append(np.full(len(e.decisions), a))
+    groups = np.array([e.plan.group for e in episodes], dtype=np.int64)
+    adv, keep = group_advantages(groups, np.array([e.ret for e in episodes], dtype=np.float64), cfg.filter_groups)
+    kept = [e for e, k in zip(episodes, keep) if k]
+    advs = [np.full(len(e.decisions), a) for e, a, k in zip(episodes, adv, keep) if k]
     rets = [np.zeros(len(e.decisions)) for e in kept]
-    return kept, advs, rets, {"groups_filtered": filtered, "groups_kept": len(groups) - filtered}
+    total = len(np.unique(groups))
+    filtered = total - len(np.unique(groups[keep]))
+    return kept, advs, rets, {"groups_filtered": filtered, "groups_kept": total - filtered}

@@ -17,7 +17,6 @@ of the per-episode gradients, so each baseline costs no extra backward pass.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from vla.config import ConfigError
 from vla.devices import pick_device
 from vla.rl.buffer import flatten
+from vla.rl.grpo import group_advantages
 from vla.rl.objective import ratio_scale
 from vla.rl.rollout import EpisodeRollout
 
@@ -94,14 +94,7 @@ def advantages(groups: np.ndarray, returns: np.ndarray, baseline: str, filter_gr
         return (returns - returns.mean()) / (returns.std() + 1e-6)
     if baseline != "group":
         raise ValueError(f"baseline must be group or batch, got {baseline!r}")
-    out = np.zeros(len(returns))
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        r = returns[members]
-        if len(members) < 2 or (filter_groups and np.all(r == r[0])):
-            continue
-        out[members] = (r - r.mean()) / (r.std() + 1e-6)
-    return out
+    return group_advantages(groups, returns, filter_groups)[0]
 
 
 def parameter_groups(policy) -> dict[str, list[torch.nn.Parameter]]:
@@ -170,9 +163,8 @@ def summarize(grams: dict[str, np.ndarray], groups: np.ndarray, returns: np.ndar
 def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str | Path | None = None) -> dict:
     """Rolls out one GRPO iteration's plan (rl.episodes_per_iter episodes in groups of rl.group_size) with
     the checkpoint's RL sampler and reports the noise scale of each parameter group under both baselines."""
-    import sim
-    from vla.rl.prepare import check_config, check_reward, plan_iteration, prepare_policy
-    from vla.rl.rollout import EnvPool
+    from vla.rl.prepare import check_config, make_pool, plan_iteration, prepare_policy, rollout_generator, \
+        rollout_tasks, set_rollout_threads
 
     policy = prepare_policy(ckpt, recipe, [*overrides, "rl.algo=grpo"])
     cfg, rl = policy.cfg, policy.cfg.rl
@@ -180,16 +172,17 @@ def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str
     if rl.episodes_per_iter // rl.group_size < 4:
         raise ConfigError(f"the estimate needs at least 4 groups: rl.episodes_per_iter={rl.episodes_per_iter} "
                           f"holds {rl.episodes_per_iter // rl.group_size} of rl.group_size={rl.group_size}")
+    # before the rollouts, so that an unwritable path fails now rather than after them
+    out = Path(out) if out is not None else Path(ckpt).resolve().parent.parent / "noise_scale"
+    out.mkdir(parents=True, exist_ok=True)
     policy.to(pick_device(cfg.device))
-    torch.set_num_threads(rl.torch_threads or max(1, (os.cpu_count() or 1) - rl.workers))
-    tasks = [(cfg.demos.suite, t) for t in (rl.tasks or cfg.demos.tasks)]
-    check_reward(cfg, tasks)
-    init_states = rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
+    set_rollout_threads(rl)
+    tasks, init_states = rollout_tasks(cfg)
     plan = plan_iteration(cfg, tasks, init_states, 1)
-    pool = EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed, reward=rl.reward)
+    pool = make_pool(policy, cfg)
     tic = time.perf_counter()
     try:
-        episodes, stats = pool.collect(policy, plan, torch.Generator().manual_seed(rl.seed * 1_000_003 + 1))
+        episodes, stats = pool.collect(policy, plan, rollout_generator(rl, 1))
     finally:
         pool.close()
     rollout_s = time.perf_counter() - tic
@@ -204,8 +197,6 @@ def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str
             "seed": rl.seed, "numel": {name: int(g.shape[1]) for name, g in rows.items()},
             "rollout_s": round(rollout_s, 1), "gradient_s": round(time.perf_counter() - tic, 1),
             "env_frames": stats.env_steps}
-    out = Path(out) if out is not None else Path(ckpt).resolve().parent.parent / "noise_scale"
-    out.mkdir(parents=True, exist_ok=True)
     # the rollouts reduced to what every estimate needs, so `vla rl-noise --from` recomputes without a simulator
     save_file({**{f"gram.{name}": torch.from_numpy(g) for name, g in grams.items()},
                "groups": torch.tensor([e.plan.group for e in episodes]),

@@ -1,7 +1,9 @@
 """What an RL run starts from: the BC checkpoint rebuilt with the RL settings, the checks that refuse
-a bad configuration before any env worker or evaluation starts, and each iteration's episode plan."""
+a bad configuration before any env worker or evaluation starts, each iteration's episode plan, and
+what rolls it out (the env pool, torch's threads beside it, the sampling noise)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +11,11 @@ import torch
 
 from sim.base import REWARD_MODES
 from vla.checkpoint import load_policy
-from vla.config import ConfigError, ExperimentConfig, merge, parse_overrides
+from vla.config import ConfigError, ExperimentConfig, RLConfig, merge, parse_overrides
 from vla.devices import Dist
 from vla.model import Policy
 from vla.rl import grpo, ppo, rft
-from vla.rl.rollout import PlannedEpisode, draw_seed
+from vla.rl.rollout import EnvPool, PlannedEpisode, draw_seed
 
 ALGOS = {"ppo": ppo, "grpo": grpo, "rft": rft, "td3": None}  # td3: off-policy, its own learner (vla.rl.td3)
 # parameters a BC checkpoint may lack: a fresh critic, Flow-Noise's std, a residual's own net, a learned temperature
@@ -78,6 +80,45 @@ def plan_iteration(cfg: ExperimentConfig, tasks: list[tuple[str, int]], init_sta
         init = int(init_states[rng.integers(len(init_states))])
         plan.append(PlannedEpisode(suite, task, init, k, draw_seed(rng, rl.rollout_seeds)))
     return plan
+
+
+def rollout_tasks(cfg: ExperimentConfig) -> tuple[list[tuple[str, int]], list[int]]:
+    """The (suite, task) pairs RL plays and the init states its episodes start from; refuses a reward
+    those tasks cannot give."""
+    import sim
+
+    tasks = [(cfg.demos.suite, t) for t in (cfg.rl.tasks or cfg.demos.tasks)]
+    check_reward(cfg, tasks)
+    return tasks, cfg.rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
+
+
+def set_rollout_threads(rl: RLConfig) -> None:
+    # the env workers run while the policy samples; torch threads spinning on the same cores as the
+    # simulators measured ~10x slower inference here than one thread
+    torch.set_num_threads(rl.torch_threads or max(1, (os.cpu_count() or 1) - rl.workers))
+
+
+def rollout_generator(rl: RLConfig, it: int, offset: int = 0) -> torch.Generator:
+    """The sampling noise of iteration `it` (offset: a torchrun replica's own stream), so a resumed run redraws it."""
+    return torch.Generator().manual_seed(rl.seed * 1_000_003 + it + offset)
+
+
+def make_pool(policy: Policy, cfg: ExperimentConfig):
+    """Local env workers, N envs in one ManiSkill simulation (rl.batched_envs), or rollout actors on a Ray
+    cluster (rl.ray)."""
+    rl = cfg.rl
+    if rl.batched_envs:
+        from vla.rl.batched_rollout import BatchedEnvPool
+
+        return BatchedEnvPool(rl.batched_envs, cfg.demos.image_size, rl.max_steps, cfg.eval.seed, reward=rl.reward)
+    if not rl.ray:
+        return EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed, reward=rl.reward)
+    if rl.ray_actors < 0:
+        raise ConfigError(f"rl.ray_actors must be >= 0 (0 = one per node), got {rl.ray_actors}")
+    from vla.rl.ray_rollout import RayEnvPool
+
+    return RayEnvPool(policy, rl.ray, rl.ray_actors, rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps,
+                      cfg.eval.seed, torch_threads=1, reward=rl.reward)
 
 
 def check_config(cfg: ExperimentConfig) -> None:

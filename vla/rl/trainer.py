@@ -5,7 +5,6 @@ RL and after it (and every rl.eval_every iterations), through the resumable swee
 from __future__ import annotations
 
 import copy
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -15,15 +14,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import sim
-from vla.config import ConfigError, ExperimentConfig, to_yaml
+from vla.config import ExperimentConfig, to_yaml
 from vla.devices import pick_device, setup_distributed
 from vla.rl import rft
 from vla.rl.buffer import DecisionBatch, flatten
 from vla.rl.distributed import BARRIER_TIMEOUT_S, GradSync, seed_offset, shard_plan
 from vla.rl.objective import explained_variance, make_optimizer, reference_copy, update
-from vla.rl.prepare import ALGOS, check_config, check_replicas, check_reward, plan_iteration, prepare_policy
-from vla.rl.rollout import EnvPool, EpisodeRollout, PlannedEpisode, apply_step_penalty
+from vla.rl.prepare import (ALGOS, check_config, check_replicas, make_pool, plan_iteration, prepare_policy,
+                             rollout_generator, rollout_tasks, set_rollout_threads)
+from vla.rl.rollout import EpisodeRollout, PlannedEpisode, apply_step_penalty
 from vla.rl.run_state import resume_state, save_state, write_log
 from vla.rl.td3 import ResidualTD3
 
@@ -57,16 +56,12 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     place = setup_distributed(device, timeout_s=BARRIER_TIMEOUT_S)
     check_replicas(cfg, place)
     policy.to(device)
-    # the env workers run while the policy samples; torch threads spinning on the same cores as the
-    # simulators measured ~10x slower inference here than one thread
-    torch.set_num_threads(rl.torch_threads or max(1, (os.cpu_count() or 1) - rl.workers))
+    set_rollout_threads(rl)
     out = Path(cfg.output_dir)
     if place.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
-    tasks = [(cfg.demos.suite, t) for t in (rl.tasks or cfg.demos.tasks)]
-    check_reward(cfg, tasks)
-    init_states = rl.init_states or list(range(sim.num_init_states(cfg.sim, *tasks[0])))
+    tasks, init_states = rollout_tasks(cfg)
     reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
     offpolicy = ResidualTD3(policy, rl) if rl.algo == "td3" else None
     # rl.fsdp: the optimizer is built over the sharded weights, after the resumed ones are broadcast and sharded
@@ -110,14 +105,14 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
         if rows is not None:
             rows.barrier()
 
-    pool = _pool(policy, cfg) if rl.ray else None  # a missing Ray cluster fails before the long evaluation
+    pool = make_pool(policy, cfg) if rl.ray else None  # a missing Ray cluster fails before the long evaluation
     maybe_eval(0)
     # overlap: the rollout acts with a snapshot of the weights while the learner thread updates the
     # policy on the previous batch (one iteration off-policy: the ratio is taken against the log-prob
     # of the policy that sampled, so clipping bounds the gap); the snapshot follows every update
     actor = _snapshot(policy) if rl.overlap else acting
     learner = ThreadPoolExecutor(1, thread_name_prefix="rl-learner") if rl.overlap else None
-    pool = pool or _pool(policy, cfg)
+    pool = pool or make_pool(policy, cfg)
 
     def finish(row: dict, started: float, job: Future | None) -> None:
         """Log, checkpoint and (maybe) evaluate one iteration once its update is done."""
@@ -145,7 +140,7 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
         while it <= rl.iterations or pending is not None:
             collected = None
             if it <= rl.iterations:
-                generator = torch.Generator().manual_seed(rl.seed * 1_000_003 + it + seed_offset(place))
+                generator = rollout_generator(rl, it, seed_offset(place))
                 tic = time.perf_counter()
                 plan = plan_iteration(cfg, tasks, init_states, it)
                 row, batch, first = _rollout(actor, pool, cfg, algo, shard_plan(plan, place), generator, it)
@@ -197,24 +192,6 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     if place.world > 1:
         dist.destroy_process_group()
     return summary
-
-
-def _pool(policy, cfg: ExperimentConfig):
-    """Local env workers, N envs in one ManiSkill simulation (rl.batched_envs), or rollout actors on a Ray
-    cluster (rl.ray)."""
-    rl = cfg.rl
-    if rl.batched_envs:
-        from vla.rl.batched_rollout import BatchedEnvPool
-
-        return BatchedEnvPool(rl.batched_envs, cfg.demos.image_size, rl.max_steps, cfg.eval.seed, reward=rl.reward)
-    if not rl.ray:
-        return EnvPool(rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps, cfg.eval.seed, reward=rl.reward)
-    if rl.ray_actors < 0:
-        raise ConfigError(f"rl.ray_actors must be >= 0 (0 = one per node), got {rl.ray_actors}")
-    from vla.rl.ray_rollout import RayEnvPool
-
-    return RayEnvPool(policy, rl.ray, rl.ray_actors, rl.workers, cfg.demos.image_size, cfg.sim, rl.max_steps,
-                      cfg.eval.seed, torch_threads=1, reward=rl.reward)
 
 
 def _rollout(actor, pool, cfg: ExperimentConfig, algo, plan: list[PlannedEpisode], generator: torch.Generator,
