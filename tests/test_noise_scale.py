@@ -69,9 +69,13 @@ def test_summarize_reports_both_baselines_per_parameter_group():
     rng = np.random.default_rng(0)
     groups, returns = np.repeat(np.arange(8), 2), rng.integers(0, 2, 16).astype(float)
     h = {"actor": rng.normal(size=(16, 30)), "temperature": rng.normal(size=(16, 7))}
-    rows = summarize({k: v @ v.T for k, v in h.items()}, groups, returns, group_size=2)
-    assert [(r["baseline"], r["parameters"]) for r in rows] == [
-        ("group", "actor"), ("group", "temperature"), ("batch", "actor"), ("batch", "temperature")]
+    shaped = returns + rng.normal(scale=0.1, size=16)
+    rows = summarize({k: v @ v.T for k, v in h.items()}, groups, {"dense": shaped, "success": returns}, group_size=2)
+    assert [(r["reward"], r["baseline"], r["parameters"]) for r in rows] == [
+        (w, b, p) for w in ("dense", "success") for b in ("group", "batch") for p in ("actor", "temperature")]
+    # each row stands alone: success's rows, bootstrap included, are what a report of success alone gives
+    alone = summarize({k: v @ v.T for k, v in h.items()}, groups, {"success": returns}, group_size=2)
+    assert rows[4:] == alone and rows[0]["noise"] != pytest.approx(rows[4]["noise"])
     for r in rows:
         assert r["units"] == 8 and r["scale_episodes"] == pytest.approx(2 * r["scale"])
         assert set(r["step_cosine"]) == {"16", "64", "256", "1024", "4096"}

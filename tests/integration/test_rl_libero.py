@@ -121,12 +121,14 @@ def test_rl_noise_measures_the_gradient_noise_scale_of_real_rollouts(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "noise" / "noise_scale.json").read_text())
     assert report["episodes"] == 8 and report["group_size"] == 2 and report["env_frames"] == 8 * 16
-    rows = {(r["baseline"], r["parameters"]): r for r in report["results"]}
-    assert set(rows) == {(b, p) for b in ("group", "batch") for p in ("actor", "temperature")}
-    assert rows["group", "temperature"]["numel"] == 7
+    rows = {(r["reward"], r["baseline"], r["parameters"]): r for r in report["results"]}
+    # the dense reward, and plain success on the same episodes
+    assert set(rows) == {(w, b, p) for w in ("dense", "success") for b in ("group", "batch") for p in ("actor", "temperature")}
+    assert rows["dense", "group", "temperature"]["numel"] == 7
     for r in rows.values():
-        assert r["units"] == 4 and r["noise"] > 0 and np.isfinite(r["signal"])
-    assert "| group | actor" in done.stdout and (tmp_path / "noise" / "noise_scale.md").exists()
+        assert r["units"] == 4 and np.isfinite(r["signal"]) and (r["noise"] > 0 or r["reward"] == "success")
+    assert report["return_by_outcome"]["failure"][0] < 1  # none succeeds in 16 steps; no success credit
+    assert "| dense | group | actor" in done.stdout and (tmp_path / "noise" / "noise_scale.md").exists()
     # the saved Gram matrices give the same report again without a simulator
     again = subprocess.run([sys.executable, "-m", "vla.cli", "rl-noise", "--from", str(tmp_path / "noise")],
                            env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -30,7 +30,7 @@ from vla.devices import pick_device
 from vla.rl.buffer import flatten
 from vla.rl.grpo import group_advantages
 from vla.rl.objective import ratio_scale
-from vla.rl.rollout import EpisodeRollout
+from vla.rl.rollout import EpisodeRollout, apply_step_penalty
 
 BATCHES = (16, 64, 256, 1024, 4096)  # episodes per update reported in the "gradient quality" columns
 MAX_GRADIENT_BYTES = 8 * 2**30  # per-episode gradients are held in memory to form their Gram matrix
@@ -143,20 +143,22 @@ def unit_gram(episode_gram: np.ndarray, groups: np.ndarray, advantage: np.ndarra
     return mix @ episode_gram @ mix.T
 
 
-def summarize(grams: dict[str, np.ndarray], groups: np.ndarray, returns: np.ndarray, group_size: int,
+def summarize(grams: dict[str, np.ndarray], groups: np.ndarray, returns: dict[str, np.ndarray], group_size: int,
               filter_groups: bool = True, seed: int = 0) -> list[dict]:
-    """Per baseline and parameter group: B (in groups and in episodes), its interval, the split-half
-    cosine and the expected step cosine at BATCHES episodes per update."""
-    rng = np.random.default_rng(seed)
+    """Per reward (returns: its name -> one return per episode), baseline and parameter group: B (in
+    groups and in episodes), its interval, the split-half cosine and the expected step cosine at
+    BATCHES episodes per update."""
     results = []
-    for baseline in ("group", "batch"):
-        adv = advantages(groups, returns, baseline, filter_groups)
-        for name, gram in grams.items():
-            ns = noise_scale(unit_gram(gram, groups, adv), rng)
-            scale = ns.scale * group_size
-            results.append({"baseline": baseline, "parameters": name, **asdict(ns), "scale_episodes": scale,
-                            "ci90_episodes": [c * group_size for c in ns.ci90],
-                            "step_cosine": {str(b): step_cosine(scale, b) for b in BATCHES}})
+    for reward, episode_returns in returns.items():
+        for baseline in ("group", "batch"):
+            adv = advantages(groups, episode_returns, baseline, filter_groups)
+            for name, gram in grams.items():
+                # every row its own bootstrap stream: a row's interval does not depend on which rows precede it
+                ns = noise_scale(unit_gram(gram, groups, adv), np.random.default_rng(seed))
+                scale = ns.scale * group_size
+                results.append({"reward": reward, "baseline": baseline, "parameters": name, **asdict(ns),
+                                "scale_episodes": scale, "ci90_episodes": [c * group_size for c in ns.ci90],
+                                "step_cosine": {str(b): step_cosine(scale, b) for b in BATCHES}})
     return results
 
 
@@ -186,6 +188,7 @@ def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str
     finally:
         pool.close()
     rollout_s = time.perf_counter() - tic
+    apply_step_penalty(episodes, rl.step_penalty)  # the returns `vla rl` would learn from
     print(f"[rl-noise] {len(episodes)} episodes ({sum(e.success for e in episodes)} successes) in {rollout_s:.0f} s; "
           f"one backward pass per episode next", flush=True)
     tic = time.perf_counter()
@@ -193,7 +196,8 @@ def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str
     rows = episode_gradients(policy, episodes, params)
     grams = {name: (g @ g.T).double().numpy() for name, g in rows.items()}
     meta = {"checkpoint": str(ckpt), "episodes": len(episodes), "group_size": rl.group_size,
-            "successes": int(sum(e.success for e in episodes)), "reward": rl.reward, "filter_groups": rl.filter_groups,
+            "successes": int(sum(e.success for e in episodes)), "reward": _reward_name(rl.reward, rl.step_penalty),
+            "filter_groups": rl.filter_groups,
             "seed": rl.seed, "numel": {name: int(g.shape[1]) for name, g in rows.items()},
             "rollout_s": round(rollout_s, 1), "gradient_s": round(time.perf_counter() - tic, 1),
             "env_frames": stats.env_steps}
@@ -216,8 +220,13 @@ def recompute(out: str | Path) -> dict:
     groups, returns, success = saved["groups"].numpy(), saved["returns"].numpy(), saved["success"].numpy()
     grams = {k.removeprefix("gram."): v.numpy() for k, v in saved.items() if k.startswith("gram.")}
     meta["groups_all_same"] = int(sum(len(set(success[groups == g])) == 1 for g in np.unique(groups)))
+    meta["return_by_outcome"] = {outcome: [float(returns[success == won].mean()), float(returns[success == won].std())]
+                                 for outcome, won in (("success", 1), ("failure", 0)) if (success == won).any()}
+    # a shaped reward is also scored against plain success on the very same episodes and gradients: which
+    # of the two carries more signal per episode, from one rollout
+    rewards = {meta["reward"]: returns, **({} if meta["reward"] == "sparse" else {"success": success.astype(np.float64)})}
     meta["results"] = [{**r, "numel": meta["numel"][r["parameters"]]} for r in
-                       summarize(grams, groups, returns, meta["group_size"], meta["filter_groups"], meta["seed"])]
+                       summarize(grams, groups, rewards, meta["group_size"], meta["filter_groups"], meta["seed"])]
     (out / "noise_scale.json").write_text(json.dumps(meta, indent=2))
     (out / "noise_scale.md").write_text(format_report(meta))
     return meta
@@ -227,16 +236,21 @@ def format_report(report: dict) -> str:
     """The markdown table `vla rl-noise` prints and writes."""
     head = (f"{report['episodes']} episodes in groups of {report['group_size']} ({report['successes']} successes, "
             f"{report['groups_all_same']} groups all-success or all-failure), {report['reward']} reward, from "
-            f"{report['checkpoint']}\n\n")
+            f"{report['checkpoint']}; return (mean +- sd) "
+            + ", ".join(f"{k} {m:.3g} +- {sd:.2g}" for k, (m, sd) in report["return_by_outcome"].items()) + "\n\n")
     cols = " | ".join(f"cos @ {b}" for b in BATCHES)
-    lines = [f"| baseline | parameters | B (episodes) | 90% CI | split-half cosine | {cols} |",
-             "|---|---|---|---|---|" + "---|" * len(BATCHES)]
+    lines = [f"| reward | baseline | parameters | B (episodes) | 90% CI | split-half cosine | {cols} |",
+             "|---|---|---|---|---|---|" + "---|" * len(BATCHES)]
     for r in report["results"]:
         low, high = r["ci90_episodes"]
         cos = " | ".join(f"{r['step_cosine'][str(b)]:.2f}" for b in BATCHES)
-        lines.append(f"| {r['baseline']} | {r['parameters']} ({r['numel']:,}) | {_num(r['scale_episodes'])} | "
+        lines.append(f"| {r['reward']} | {r['baseline']} | {r['parameters']} ({r['numel']:,}) | {_num(r['scale_episodes'])} | "
                      f"{_num(low)}-{_num(high)} | {r['split_cosine']:.2f} | {cos} |")
     return head + "\n".join(lines) + "\n"
+
+
+def _reward_name(reward: str, step_penalty: float) -> str:
+    return reward if not step_penalty else f"{reward}, step penalty {step_penalty:g}"
 
 
 def _num(x: float) -> str:
