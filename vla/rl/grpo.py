@@ -45,6 +45,5 @@ def advantages(episodes: list[EpisodeRollout], cfg: RLConfig) -> tuple[list[Epis
     kept = [e for e, k in zip(episodes, keep) if k]
     advs = [np.full(len(e.decisions), a) for e, a, k in zip(episodes, adv, keep) if k]
     rets = [np.zeros(len(e.decisions)) for e in kept]
-    total = len(np.unique(groups))
-    filtered = total - len(np.unique(groups[keep]))
-    return kept, advs, rets, {"groups_filtered": filtered, "groups_kept": total - filtered}
+    groups_kept = len(np.unique(groups[keep]))
+    return kept, advs, rets, {"groups_filtered": len(np.unique(groups)) - groups_kept, "groups_kept": groups_kept}
