@@ -61,6 +61,7 @@ class EpisodeStats:
     clipped: int = 0
     faults: dict[str, int] = field(default_factory=dict)  # fault name -> times raised
     overruns: int = 0  # ticks that started more than one period late (ticks were skipped)
+    recorded: int = 0  # frames recorded (ticks from the first gripper command on)
     periods_s: list[float] = field(default_factory=list)
     busy_s: list[float] = field(default_factory=list)
     round_trips_s: list[float] = field(default_factory=list)
@@ -71,7 +72,7 @@ class EpisodeStats:
 
         jitter = [abs(p - period_s) for p in self.periods_s]
         return {"ticks": self.ticks, "sent": self.sent, "holds": self.holds, "clipped": self.clipped,
-                "faults": self.faults, "overruns": self.overruns,
+                "faults": self.faults, "overruns": self.overruns, "recorded": self.recorded,
                 "period_ms_p50": pct(self.periods_s, 50), "period_ms_p99": pct(self.periods_s, 99),
                 "jitter_ms_p50": pct(jitter, 50), "jitter_ms_p99": pct(jitter, 99),
                 "busy_ms_p50": pct(self.busy_s, 50), "busy_ms_p99": pct(self.busy_s, 99),
@@ -117,8 +118,9 @@ class ControlLoop:
     def _take_replies(self, stats: EpisodeStats) -> None:
         for reply in self.link.poll():
             error = reply.error
-            if error is None and (reply.actions is None or reply.actions.ndim != 2 or reply.actions.shape[1] != 7):
-                error = f"reply actions have shape {None if reply.actions is None else reply.actions.shape}, expected (C, 7)"
+            a = reply.actions
+            if error is None and (a is None or a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != 7):
+                error = f"reply actions have shape {None if a is None else a.shape}, expected (C, 7) with C >= 1"
             self.watchdog.reply_received(error)
             if error is not None:
                 self.schedule.forget_request()
@@ -211,7 +213,9 @@ class ControlLoop:
         else:
             stats.sent += 1
             stats.clipped += bool(command.events)
-        if self.recorder is not None and all(c in images for c in self.recorder.cameras):
+        # ticks before the episode's first command have no gripper target to label them with: not recorded
+        if self.recorder is not None and safety.gripper_commanded and all(c in images for c in self.recorder.cameras):
             self.recorder.add(images, libero_state(obs), executed_action(command, obs, self.scale))
+            stats.recorded += 1
         if self.on_tick is not None:
             self.on_tick(tick, obs, command)

@@ -1,9 +1,10 @@
 """Safety layer between the policy and the arm; on by default and not optional in the daemon.
 
 Every control step the raw policy action is checked against `SafetyLimits`:
-- NaN/inf anywhere, a wrong shape, a policy answer older than `max_action_age_s` or a camera frame
+- NaN/inf anywhere (the action or the arm's measured state), a wrong shape, a policy answer older than `max_action_age_s` or a camera frame
   older than `max_frame_age_s` -> hold (the arm keeps its pose);
-- the translation is clipped to `max_step_m` per step and the target to the workspace box;
+- the translation is clipped to `max_step_m` per step and the target to the workspace box; an arm found
+  outside the box is moved back towards it no faster than `max_step_m` per step;
 - the rotation is clipped to `max_step_rad` per step;
 - the gripper command is rate-limited to `max_gripper_delta` per step;
 - joint velocities above `max_joint_velocity` -> hold.
@@ -46,6 +47,11 @@ class SafetyFilter:
     scale: ActionScale = field(default_factory=ActionScale)
     _gripper: float | None = None
 
+    @property
+    def gripper_commanded(self) -> bool:
+        """Whether a gripper command has been sent this episode (before one, a hold's gripper is unknown)."""
+        return self._gripper is not None
+
     def hold(self, obs: RobotObservation, why: str) -> Command:
         s = obs.state
         gripper = self._gripper if self._gripper is not None else 0.0
@@ -59,6 +65,11 @@ class SafetyFilter:
             return self.hold(obs, f"hold: action shape {a.shape}, expected (7,)")
         if not np.all(np.isfinite(a)):
             return self.hold(obs, f"hold: non-finite action {a.tolist()}")
+        measured = {"ee_position": obs.state.ee_position, "ee_rotvec": obs.state.ee_rotvec,
+                    "joint_velocities": obs.state.joint_velocities}
+        broken = [name for name, v in measured.items() if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
+        if broken:  # a target computed from a NaN pose would be NaN; a NaN velocity would pass the speed check
+            return self.hold(obs, f"hold: non-finite robot state {broken}")
         if now - action_time > self.limits.max_action_age_s:
             return self.hold(obs, f"hold: action is {now - action_time:.3f} s old (limit {self.limits.max_action_age_s})")
         stale = [n for n, f in obs.frames.items() if now - f.timestamp > self.limits.max_frame_age_s]
@@ -80,6 +91,13 @@ class SafetyFilter:
         boxed = np.clip(target, self.limits.workspace_min, self.limits.workspace_max)
         if not np.allclose(boxed, target):
             events.append(f"clip: target {np.round(target, 3).tolist()} into the workspace box")
+            # from outside the box the boxed target can be far away: approach it at the step limit
+            move = boxed - obs.state.ee_position
+            far = np.linalg.norm(move)
+            if far > self.limits.max_step_m:
+                boxed = obs.state.ee_position + move * (self.limits.max_step_m / far)
+                events.append(f"clip: the arm is outside the workspace box, its boxed target {far:.3f} m away; "
+                              f"moving back {self.limits.max_step_m} m per step")
         rot = a[3:6] * self.scale.radians
         angle = np.linalg.norm(rot)
         if angle > self.limits.max_step_rad:

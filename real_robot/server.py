@@ -48,19 +48,22 @@ def policy_infer(policy) -> Callable[[dict], dict]:
         missing = [OPENPI_CAMERA_KEYS.get(c, c) for c in cameras if OPENPI_CAMERA_KEYS.get(c, c) not in obs]
         if "prompt" not in obs or not isinstance(obs["prompt"], str):
             missing.append("prompt (str)")
-        if "observation/state" not in obs:
+        if "observation/state" not in obs and policy.state_dim > 0:
             missing.append("observation/state")
         if missing:
             raise ValueError(f"observation lacks {missing}; it has {sorted(obs)}")
         images = [np.asarray(obs[OPENPI_CAMERA_KEYS.get(c, c)]) for c in cameras]
         for cam, img in zip(cameras, images):
-            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
-                raise ValueError(f"camera {cam}: expected uint8 (H, W, 3), got {img.dtype} {img.shape}")
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3 or min(img.shape[:2]) < 1:
+                raise ValueError(f"camera {cam}: expected uint8 (H, W, 3) with H, W >= 1, got {img.dtype} {img.shape}")
         if len({img.shape for img in images}) != 1:
             raise ValueError(f"cameras must share one size, got {[img.shape for img in images]}")
-        state = np.asarray(obs["observation/state"], dtype=np.float32)
-        if state.shape != (policy.state_dim,) or not np.all(np.isfinite(state)):
-            raise ValueError(f"observation/state must be {policy.state_dim} finite numbers, got {state.shape}")
+        if policy.state_dim == 0:  # trained without state (data.use_state=false): a client's state is ignored
+            state = np.zeros(0, dtype=np.float32)
+        else:
+            state = np.asarray(obs["observation/state"], dtype=np.float32)
+            if state.shape != (policy.state_dim,) or not np.all(np.isfinite(state)):
+                raise ValueError(f"observation/state must be {policy.state_dim} finite numbers, got {state.shape}")
         chunk = policy.act(torch.from_numpy(np.stack(images))[None], torch.from_numpy(state)[None], [obs["prompt"]])
         return {"actions": chunk[0].astype(np.float32)}
 

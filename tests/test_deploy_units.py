@@ -335,3 +335,40 @@ def test_deploy_flags_are_checked_before_anything_connects(capsys):
     assert main(["deploy", "--task", "x", "--workspace", "1,0,0,0,1,1"]) == 2
     assert "workspace_min" in capsys.readouterr().err
     assert time.perf_counter() - tic < 5
+
+
+def test_an_empty_action_chunk_is_a_policy_error_not_a_crash():
+    """A server answering (0, 7) actions: the loop logs a policy error and holds, then resumes."""
+    robot, cam = FakeRobot(), FakeCamera("agentview")
+    empty = {"on": False}
+    link = FakeLink(lambda tick: np.zeros((0, 7)) if empty["on"] else np.tile([0.1, 0, 0, 0, 0, 0, -1.0], (8, 1)))
+    held = {}
+
+    def on_tick(tick, obs, command):
+        empty["on"] = 10 <= tick < 30
+        held[tick] = command.hold
+
+    stats, log = _loop(link, robot, cam, on_tick)
+    errors = [f["error"] for e, f in log if e == "policy_error"]
+    assert errors and "C >= 1" in errors[0]
+    assert all(held[t] for t in range(20, 30)) and not any(held[t] for t in range(40, 60))
+
+
+def test_served_policy_without_state_accepts_a_clients_state_and_refuses_empty_images():
+    """A policy trained with data.use_state=false serves openpi LIBERO clients, which always send 8 numbers."""
+    import torch
+
+    from real_robot.server import policy_infer
+    from vla.random_policy import random_policy
+
+    torch.set_num_threads(1)
+    policy = random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 4}, "data": {"use_state": False}},
+                           state_dim=0)
+    infer = policy_infer(policy)
+    img = np.zeros((32, 32, 3), np.uint8)
+    obs = {"observation/image": img, "observation/wrist_image": img, "prompt": "task"}
+    with_state = infer({**obs, "observation/state": np.ones(8, np.float32)})["actions"]
+    assert with_state.shape == (4, 7) and np.array_equal(with_state, infer(obs)["actions"])
+    empty = np.zeros((0, 0, 3), np.uint8)
+    with pytest.raises(ValueError, match="H, W >= 1"):
+        infer({**obs, "observation/image": empty, "observation/wrist_image": empty})

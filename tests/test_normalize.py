@@ -52,3 +52,13 @@ def test_save_load(tmp_path):
     norm.save(tmp_path / "s.safetensors")
     stats = Normalizer.load_stats(tmp_path / "s.safetensors")
     assert np.allclose(stats["action"]["q99"], norm.stats["action"]["q99"])
+
+
+@pytest.mark.parametrize("head", [{"type": "tokenized"}, {"type": "diffusion"}, {"type": "oft", "oft_output": "tokens"}])
+def test_heads_bounded_to_the_unit_interval_refuse_mean_std_actions(head):
+    """Bins on [-1, 1] or a sample clipped to it would hold only +-1 sd of mean_std-normalized actions."""
+    from vla.random_policy import random_policy
+
+    with pytest.raises(ValueError, match="norm.action=mean_std with head"):
+        random_policy({"backbone": {"image_size": 32}, "head": head, "norm": {"action": "mean_std"}})
+    random_policy({"backbone": {"image_size": 32}, "head": {"type": "flow"}, "norm": {"action": "mean_std"}})

@@ -297,3 +297,16 @@ def test_batched_envs_are_refused_where_they_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match=r"one task per run; the plan holds tasks \[0, 2\]"):
         pool.collect(policy, [PlannedEpisode("maniskill", 0, 0, 0), PlannedEpisode("maniskill", 2, 0, 1)],
                      torch.Generator())
+
+
+def test_rl_refuses_to_change_the_checkpoints_normalization(tmp_path):
+    """The policy trains with the checkpoint's transform; a norm.* override would be saved as if it had been used."""
+    from vla.checkpoint import save_policy
+    from vla.config import ConfigError
+    from vla.rl.prepare import prepare_policy
+
+    save_policy(random_policy({"backbone": {"image_size": 32}, "head": {"type": "flow", "chunk_size": 2}}), tmp_path / "bc")
+    for override in ("norm.action=mean_std", "norm.action_skip_dims=[]"):
+        with pytest.raises(ConfigError, match="fixed by the BC checkpoint"):
+            prepare_policy(tmp_path / "bc", None, ["rl.algo=grpo", override])
+    assert prepare_policy(tmp_path / "bc", None, ["rl.algo=grpo", "norm.action=q01_q99"]).cfg.norm.action == "q01_q99"

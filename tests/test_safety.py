@@ -8,8 +8,9 @@ from real_robot.safety import SafetyFilter, SafetyLimits
 NOW = 100.0
 
 
-def _obs(pos=(0.5, 0.0, 0.3), joint_vel=0.0, frame_age=0.0):
-    state = RobotState(np.zeros(7), np.full(7, joint_vel), np.array(pos, dtype=float), np.zeros(3), 0.04, NOW)
+def _obs(pos=(0.5, 0.0, 0.3), joint_vel=0.0, frame_age=0.0, rotvec=(0.0, 0.0, 0.0)):
+    state = RobotState(np.zeros(7), np.full(7, joint_vel), np.array(pos, dtype=float), np.array(rotvec, dtype=float),
+                       0.04, NOW)
     frames = {"agentview": CameraFrame(np.zeros((8, 8, 3), np.uint8), NOW - frame_age)}
     return RobotObservation(state, frames)
 
@@ -28,6 +29,30 @@ def test_non_finite_wrong_shape_stale_or_fast_means_hold_at_the_current_pose():
         cmd = f(action, o, t, now=NOW)
         assert cmd.hold and np.array_equal(cmd.target_position, o.state.ee_position), why
         assert cmd.events and cmd.events[0].startswith("hold:"), why
+
+
+def test_a_non_finite_measured_state_means_hold():
+    """A NaN pose would make a NaN target; a NaN joint velocity would pass the speed check (nan > limit is False)."""
+    f = SafetyFilter()
+    for why, obs in {"ee_position": _obs(pos=(np.nan, 0.0, 0.3)), "joint_velocities": _obs(joint_vel=np.nan),
+                     "ee_rotvec": _obs(rotvec=(0.0, np.inf, 0.0))}.items():
+        cmd = f(np.array([1.0, 0, 0, 0, 0, 0, 1.0]), obs, NOW, now=NOW)
+        assert cmd.hold and "non-finite robot state" in cmd.events[0] and why in cmd.events[0], why
+
+
+def _outside(p, lo, hi):
+    return np.linalg.norm(p - np.clip(p, lo, hi))
+
+
+def test_an_arm_outside_the_workspace_goes_back_at_the_step_limit():
+    """Boxing the target after the step clip would otherwise jump the arm to the box (0.3 m here) in one step."""
+    limits = SafetyLimits()
+    lo, hi = np.array(limits.workspace_min), np.array(limits.workspace_max)
+    pos = np.array([0.5, 0.0, 0.9])  # 0.3 m above the box's ceiling
+    cmd = SafetyFilter(limits)(np.zeros(7), _obs(pos=pos), NOW, now=NOW)
+    assert not cmd.hold and np.linalg.norm(cmd.target_position - pos) == pytest.approx(limits.max_step_m)
+    assert _outside(cmd.target_position, lo, hi) == pytest.approx(0.3 - limits.max_step_m)
+    assert any("outside the workspace box" in e for e in cmd.events)
 
 
 def test_translation_rotation_workspace_and_gripper_are_clipped_and_reported():
@@ -54,9 +79,12 @@ def test_fuzzed_actions_never_leave_the_limits():
         action = rng.normal(scale=rng.choice([0.5, 5.0, 1e6]), size=7)
         if rng.random() < 0.05:
             action[rng.integers(7)] = rng.choice([np.nan, np.inf, -np.inf])
-        pos = rng.uniform(lo, hi)
+        pos = rng.uniform(lo, hi) if rng.random() < 0.8 else rng.uniform(lo - 0.3, hi + 0.3)
         cmd = f(action, _obs(pos=pos), NOW, now=NOW)
-        assert np.all(cmd.target_position >= lo - 1e-12) and np.all(cmd.target_position <= hi + 1e-12)
+        if _outside(pos, lo, hi) == 0:
+            assert np.all(cmd.target_position >= lo - 1e-12) and np.all(cmd.target_position <= hi + 1e-12)
+        elif not cmd.hold:  # outside: never further from the box
+            assert _outside(cmd.target_position, lo, hi) <= _outside(pos, lo, hi) + 1e-12
         assert np.linalg.norm(cmd.target_position - pos) <= limits.max_step_m + 1e-9
         assert np.linalg.norm(cmd.delta_rotvec) <= limits.max_step_rad + 1e-9
         assert -1.0 <= cmd.gripper <= 1.0 and np.all(np.isfinite(cmd.target_position))

@@ -30,6 +30,13 @@ class Policy(nn.Module):
         if cfg.head.sampler == "stochastic" and cfg.head.type == "oft" and cfg.head.oft_output == "l1":
             raise ValueError("head.sampler=stochastic needs a head with a stochastic sampler; the oft head with "
                              "oft_output=l1 is deterministic (use oft_output=tokens or another head)")
+        # these heads only represent actions in [-1, 1] (bins on [-1, 1]; a diffusion sample clipped to it): under
+        # mean_std that is +-1 sd, so about a third of the actions would be clipped in training and unreachable after
+        bounded = cfg.head.type in ("tokenized", "diffusion") or (cfg.head.type == "oft" and cfg.head.oft_output == "tokens")
+        if bounded and cfg.norm.action == "mean_std":
+            raise ValueError(f"norm.action=mean_std with head '{cfg.head.type}': this head represents actions only in "
+                             "[-1, 1], i.e. within one standard deviation; use norm.action=q01_q99 (or identity for "
+                             "actions already in [-1, 1])")
         self.cfg = cfg
         self.normalizer = normalizer
         self.state_dim = state_dim
