@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from conftest import write_synthetic_dataset
 from vla.data.dataset import DatasetError, EpochSampler, FrameCache, action_chunks, dataset_stats, open_dataset, validate_dataset
@@ -87,3 +88,27 @@ def test_streaming_video_frames_decode_in_one_thread_and_equal_cached_frames(tmp
         streamed = streaming.batch(indices)
         for key in ("images", "state", "action", "action_pad"):
             assert (cached[key] == streamed[key]).all(), key
+
+
+def test_cameras_of_different_resolutions_load_cached_and_streamed(tmp_path):
+    """Hub datasets often record the wrist camera at another size than the main one: each is resized on its own."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from vla.data.dataset import StreamingFrames
+    from vla.data.features import ACTION_KEY, AGENTVIEW_KEY, STATE_KEY, WRIST_KEY, libero_features
+
+    features = libero_features(32, use_videos=False)
+    features[WRIST_KEY] = {**features[WRIST_KEY], "shape": (24, 40, 3)}
+    ds = LeRobotDataset.create(repo_id="test/mixed", fps=20, root=tmp_path / "mixed", features=features,
+                               robot_type="panda", use_videos=False)
+    for t in range(6):
+        ds.add_frame({AGENTVIEW_KEY: np.full((32, 32, 3), 10 * t, np.uint8), WRIST_KEY: np.full((24, 40, 3), 200, np.uint8),
+                      STATE_KEY: np.zeros(8, np.float32), ACTION_KEY: np.full(7, 0.1 * t, np.float32), "task": "x"})
+    ds.save_episode()
+    ds.finalize()
+    ds = open_dataset(str(tmp_path / "mixed"), chunk_size=4)
+    layout = validate_dataset(ds, ["agentview", "wrist"], 7, use_state=True)
+    cached = FrameCache(ds, layout, 4, image_size=16).batch([0, 5])
+    streamed = StreamingFrames(ds, layout, image_size=16).batch([0, 5])
+    assert cached["images"].shape == (2, 2, 16, 16, 3) and torch.equal(cached["images"], streamed["images"])
+    assert int(cached["images"][1, 0, 0, 0, 0]) == 50 and int(cached["images"][0, 1, 0, 0, 0]) == 200

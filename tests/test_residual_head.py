@@ -67,3 +67,20 @@ def test_rl_residual_over_a_base_takes_the_recipe_bound_unless_overridden(tmp_pa
     override = prepare_policy(tmp_path / "base", "residual", ["rl.algo=td3", "head.residual.max_residual=0.5",
                                                               "head.residual.scale=0.2"])
     assert override.cfg.head.residual.max_residual == 0.5 and override.cfg.head.residual.scale == 0.2
+
+
+def test_training_a_residual_reads_the_dataset_as_its_base_was_trained(tmp_path, synthetic_dataset):
+    """The base was trained on one camera and chunks of 4; the residual run's defaults (two cameras, chunks of
+    8) must not reach the dataset, or the frozen base would see other inputs than in evaluation."""
+    from vla.train.trainer import train
+
+    torch.manual_seed(0)
+    base_cfg = merge(ExperimentConfig(), {"backbone": {"image_size": 32}, "head": {"chunk_size": 4},
+                                          "data": {"cameras": ["agentview"]}})
+    save_policy(_policy(base_cfg), tmp_path / "base")
+    cfg = merge(ExperimentConfig(), {
+        "head": {"type": "residual", "residual": {"base_checkpoint": str(tmp_path / "base")}},
+        "output_dir": str(tmp_path / "run"), "data": {"dataset": str(synthetic_dataset)},
+        "train": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "log_every": 1, "save_every": 2}})
+    trained = load_policy(train(cfg, str(synthetic_dataset)))
+    assert trained.cfg.data.cameras == ["agentview"] and trained.cfg.head.chunk_size == 4

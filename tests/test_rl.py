@@ -246,6 +246,13 @@ def test_target_kl_is_measured_from_where_an_overlapped_update_starts():
     policy.cfg.rl.overlap = False  # measured against the stale sampling log-probs it would stop at once
     logs = update(policy, batch, make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(1))
     assert logs["kl_stopped"] == 1.0 and logs["gradient_steps"] == 0
+    rft_policy = _policy(HEADS["oft_tokens"], "rft")  # an RFT replay's chunks were sampled iterations ago
+    rft_policy.load_state_dict(policy.state_dict())
+    rft_policy.cfg.rl.target_kl, rft_policy.cfg.rl.lr, rft_policy.cfg.rl.epochs = 1e-3, 1e-7, 1
+    rft_policy.cfg.rl.minibatch_size, rft_policy.cfg.rl.rft_replay = 2, 100
+    logs = update(rft_policy, batch, make_optimizer(rft_policy, rft_policy.cfg.rl), rft_policy.cfg.rl,
+                  torch.Generator().manual_seed(1))
+    assert logs["kl_stopped"] == 0.0 and logs["gradient_steps"] == 4
     with pytest.raises(ValueError, match="rl.target_kl must be > 0"):
         policy.cfg.rl.target_kl = 0.0
         update(policy, batch, make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(1))

@@ -37,6 +37,9 @@ def test_replay_ring_keeps_the_newest_rows_and_round_trips():
         small = ReplayBuffer(4)
         small.FIELDS = ("reward", "features")
         small.load(ring.state())
+    empty = ReplayBuffer(5)  # checkpointed before anything was added (every episode crashed): resumes empty
+    empty.load(ReplayBuffer(5).state())
+    assert empty.size == 0 and not empty.data
 
 
 def _residual_policy(max_residual=2.0, **td3):

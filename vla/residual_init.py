@@ -8,15 +8,18 @@ checkpoint is self-contained: it holds the base weights too.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from vla.checkpoint import load_policy
+from vla.checkpoint import load_config, load_policy
 from vla.config import ExperimentConfig
 from vla.model import Policy
 
 
-def residual_from_base(cfg: ExperimentConfig) -> Policy:
-    base = load_policy(cfg.head.residual.base_checkpoint)
-    bcfg = base.cfg
+def adopt_base_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with what the base checkpoint was trained with: its backbone, head settings (chunk size
+    included), normalization, prompt, cameras and proprio. The trainer reads the dataset with these, so
+    the base sees its own inputs in training as in evaluation. Applying it twice changes nothing."""
+    bcfg = load_config(Path(cfg.head.residual.base_checkpoint))
     if bcfg.head.type == "residual":
         raise ValueError(f"{cfg.head.residual.base_checkpoint} is itself a residual policy; give the base checkpoint")
     head = dataclasses.replace(
@@ -24,7 +27,12 @@ def residual_from_base(cfg: ExperimentConfig) -> Policy:
         residual=dataclasses.replace(cfg.head.residual, base_type=bcfg.head.type),
     )
     data = dataclasses.replace(cfg.data, cameras=bcfg.data.cameras, use_state=bcfg.data.use_state)
-    adopted = dataclasses.replace(cfg, backbone=bcfg.backbone, head=head, norm=bcfg.norm, prompt=bcfg.prompt, data=data)
+    return dataclasses.replace(cfg, backbone=bcfg.backbone, head=head, norm=bcfg.norm, prompt=bcfg.prompt, data=data)
+
+
+def residual_from_base(cfg: ExperimentConfig) -> Policy:
+    adopted = adopt_base_config(cfg)
+    base = load_policy(cfg.head.residual.base_checkpoint)
     policy = Policy(adopted, base.normalizer, base.state_dim)
     from vla.train.lora import apply_lora
 

@@ -113,13 +113,12 @@ class FrameCache:
         n = ds.num_frames
         self.images = torch.zeros((n, len(layout.camera_keys), image_size, image_size, 3), dtype=torch.uint8)
         frames = _CurrentFrameImages(ds)
-        loader = torch.utils.data.DataLoader(frames, batch_size=32, num_workers=num_workers, collate_fn=_collate_images(layout.camera_keys))
+        loader = torch.utils.data.DataLoader(frames, batch_size=32, num_workers=num_workers,
+                                             collate_fn=_collate_images(layout.camera_keys, image_size))
         i = 0
-        for imgs in loader:  # (b, cams, 3, H, W) float in [0, 1]
-            b = imgs.shape[0]
-            u8 = _to_uint8_hwc(imgs.flatten(0, 1), image_size)
-            self.images[i:i + b] = u8.reshape(b, len(layout.camera_keys), image_size, image_size, 3)
-            i += b
+        for u8 in loader:  # (b, cams, size, size, 3) uint8
+            self.images[i:i + len(u8)] = u8
+            i += len(u8)
         episode = np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"])
         acts, pad = action_chunks(_column(ds, ACTION_KEY), episode, chunk_size)
         bad = ~np.isfinite(acts)
@@ -166,8 +165,8 @@ class StreamingFrames:
 
     def _frame(self, i: int) -> dict:
         item = self.ds[i]
-        imgs = torch.stack([item[k] for k in self.layout.camera_keys])  # (cams, 3, H, W) float
-        u8 = _to_uint8_hwc(imgs, self.image_size)
+        # each camera resized on its own: a dataset's cameras may differ in resolution
+        u8 = torch.cat([_to_uint8_hwc(item[k][None], self.image_size) for k in self.layout.camera_keys])
         state = item[STATE_KEY].float() if self.layout.state_dim else torch.zeros(0)
         return {"images": u8, "state": state, "action": item[ACTION_KEY].float(),
                 "action_pad": item[f"{ACTION_KEY}_is_pad"].bool(), "task": item["task"]}
@@ -197,9 +196,11 @@ class _CurrentFrameImages(torch.utils.data.Dataset):
             self.ds.delta_indices = self.saved_delta
 
 
-def _collate_images(keys):
+def _collate_images(keys, size: int):
+    """Items' frames of every camera -> uint8 (b, cams, size, size, 3); each camera is resized as one
+    batch of its own, since a dataset's cameras may differ in resolution."""
     def collate(items):
-        return torch.stack([torch.stack([item[k] for k in keys]) for item in items])
+        return torch.stack([_to_uint8_hwc(torch.stack([item[k] for item in items]), size) for k in keys], dim=1)
 
     return collate
 

@@ -20,7 +20,7 @@ def summarize_rows(rows: list[dict]) -> dict:
     low, high = wilson_interval(wins, len(ok))
     return {"episodes": len(ok), "successes": wins, "success_rate": wins / len(ok) if ok else 0.0,
             "ci95": [low, high], "mean_steps": float(np.mean([r["steps"] for r in ok])) if ok else 0.0,
-            "errors": len(rows) - len(ok)}
+            "errors": len(rows) - len(ok), "env_errors": sum("env_error" in r for r in ok)}
 
 
 def read_evaluation(out: Path) -> dict[str, dict]:
@@ -81,7 +81,8 @@ def write_report(out: Path, extra: dict | None = None) -> dict:
     o = summary["overall"]
     md += [f"Overall: **{o['successes']}/{o['episodes']} = {_pct(o['success_rate'])}** "
            f"(95% CI {_pct(o['ci95'][0])}-{_pct(o['ci95'][1])}), mean episode length {o['mean_steps']:.0f} steps, "
-           f"{o['errors']} episodes abandoned after repeated worker crashes.", ""]
+           f"{o['errors']} episodes abandoned after repeated worker crashes, {o['env_errors']} failures counted where "
+           "the env refused the policy's action (non-finite, or a simulation that went unstable) in every attempt.", ""]
     if extra:
         md += [f"Run: {json.dumps(extra)}", ""]
     md += ["| suite | success | 95% CI | episodes | mean steps |", "|---|---|---|---|---|"]

@@ -26,6 +26,7 @@ from vla.heads.noise import EpisodeNoise, stream_seed
 
 EPISODES_FILE = "episodes.jsonl"
 MAX_ATTEMPTS = 3  # an episode whose worker crashes this often is reported as an error, not a result
+# (one whose env refuses its steps this often is a failure)
 RECORD_EPISODES_PER_TASK = 8  # recorded episodes render every frame; bound them so videos stay cheap
 
 
@@ -196,7 +197,7 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
                     tic = time.perf_counter()
                     try:
                         _start(slot, episode, protocol, sim_name, videos)
-                    except WorkerCrashed:
+                    except (WorkerCrashed, EnvError):  # the env could not be built or reset: not the policy's doing
                         restarts += 1
                         slot.worker.restart()
                         _retry(todo, episode, attempts, log, bar)
@@ -220,10 +221,13 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
             for slot in active:
                 try:
                     reply = slot.worker.receive()
-                except (WorkerCrashed, EnvError):  # a simulator error mid-episode is treated like a crash
+                except (WorkerCrashed, EnvError) as err:
                     restarts += 1
                     slot.worker.restart()
-                    _retry(todo, slot.episode, attempts, log, bar)
+                    # the env refusing a step (a NaN action, an unstable simulation) replays the same way: after
+                    # the last attempt it is the episode's failure, not an episode left out of the success rate
+                    refused = (slot.steps, str(err)) if isinstance(err, EnvError) else None
+                    _retry(todo, slot.episode, attempts, log, bar, refused)
                     slot.episode = None
                     continue
                 if reply["done"] or slot.steps >= slot.max_steps:
@@ -312,13 +316,21 @@ def _start(slot: _Slot, episode: Episode, protocol: Protocol, sim_name: str, vid
     slot.queue.clear()
 
 
-def _retry(todo: deque, episode: Episode, attempts: dict[str, int], log, bar) -> None:
+def _retry(todo: deque, episode: Episode, attempts: dict[str, int], log, bar,
+           refused: tuple[int, str] | None = None) -> None:
+    """Re-run a crashed episode from its init state, or after MAX_ATTEMPTS write its row: an error (left out
+    of the success rate) after a crash, a failure after the env refused the policy's step (`refused`: the
+    step and the env's message)."""
     attempts[episode.key] = attempts.get(episode.key, 0) + 1
     if attempts[episode.key] < MAX_ATTEMPTS:
-        todo.appendleft(episode)  # re-run from its init state; the crashed attempt is not counted
+        todo.appendleft(episode)  # the crashed attempt is not counted
         return
-    row = {"key": episode.key, **asdict(episode), "status": "error", "success": None, "steps": None,
-           "attempts": attempts[episode.key]}
+    if refused is not None:
+        row = {"key": episode.key, **asdict(episode), "status": "ok", "success": False, "steps": refused[0],
+               "attempts": attempts[episode.key], "video": None, "env_error": refused[1]}
+    else:
+        row = {"key": episode.key, **asdict(episode), "status": "error", "success": None, "steps": None,
+               "attempts": attempts[episode.key]}
     log.append(row)
     bar.update(1)
 
@@ -352,6 +364,7 @@ def _finish(slot: _Slot, success: bool, log, attempt: int, out: Path, videos: di
             videos[key] = videos.get(key, 0) + 1
         except (WorkerCrashed, EnvError) as err:  # the result stands without its video
             print(f"[sweep] video for {episode.key} not written: {err}")
+            slot.worker.restart()  # a late reply would otherwise be read as the next reset's
     log.append(row)
     slot.episode = None
     slot.queue.clear()

@@ -103,10 +103,11 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
     logs: dict[str, list[float]] = {}
     policy.eval()  # no dropout: the log-prob being clipped must be the one that sampled
     steps, stopped = 0, False
-    # with rl.overlap the batch was sampled one update ago: measure how far this update moves the
-    # policy from where it starts, not from the (older) sampling policy
-    overlap_anchor = batch is not None and cfg.overlap and cfg.target_kl is not None
-    anchor = _score(policy, batch, cfg.minibatch_size) if overlap_anchor else None
+    # the batch's sampling log-probs are older than this update when rl.overlap sampled it one update ago, or
+    # when an RFT replay holds successes of earlier iterations: measure how far this update moves the policy
+    # from where it starts (against the sampling policy the stop would fire before the first step)
+    stale = cfg.overlap or (cfg.algo == "rft" and cfg.rft_replay > 0)
+    anchor = _score(policy, batch, cfg.minibatch_size) if batch is not None and stale and cfg.target_kl is not None else None
     clip = clip_range(cfg)
     scale = ratio_scale(cfg, policy.cfg.head.chunk_size, policy.cfg.head.action_dim)
     local = len(batch) if batch is not None else 0

@@ -97,6 +97,8 @@ class ReplayBuffer:
             raise ValueError(f"saved replay buffer holds {capacity} decisions, rl.td3.replay_size is {self.capacity}")
         self.size, self.cursor = size, cursor
         self.data = {}
+        if size == 0:  # saved before anything was added (an iteration whose episodes all crashed): no fields
+            return
         for k in self.FIELDS:
             saved = tensors[k]
             self.data[k] = torch.zeros((capacity, *saved.shape[1:]), dtype=saved.dtype)

@@ -90,6 +90,10 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
         torch.set_num_threads(cfg.train.torch_threads)
     device = pick_device(cfg.device)
     ddp = setup_distributed(device)
+    if cfg.head.type == "residual" and cfg.head.residual.base_checkpoint:
+        from vla.residual_init import adopt_base_config
+
+        cfg = adopt_base_config(cfg)  # the dataset is read with the base's cameras, proprio and chunk size
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
     if ddp.main:
@@ -133,6 +137,8 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
         policy.train()
         optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
+        if ddp.world > 1:  # only rank 0 checkpoints: seed each rank's stream from (seed, rank, step), so a resume
+            aug_gen.manual_seed((cfg.train.seed * 7919 + ddp.rank) * 1_000_003 + step)  # reproduces every rank's
         for _ in range(cfg.train.grad_accum):
             batch = frames.batch(sampler.next_batch())
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
