@@ -38,13 +38,13 @@ eval:
 ALGO ?= ppo
 rl:
 	@test -n "$(CKPT)" || (echo "usage: make rl POLICY=<recipe> SIM=libero ALGO=ppo|grpo|rft|td3 CKPT=<bc checkpoint> [ARGS='rl.iterations=20 ...']"; exit 2)
-	$(VLA) rl --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
+	$(VLA) rl --policy $(POLICY) --sim $(SIM) $(CONFIG_FLAG) --ckpt $(CKPT) rl.algo=$(ALGO) $(ARGS)
 
 # How many episodes an RL update needs at a checkpoint (the gradient noise scale of its policy gradient),
 # from one GRPO plan of rl.episodes_per_iter episodes; README "Online RL", "How many episodes an update needs".
 rl-noise:
 	@test -n "$(CKPT)" || (echo "usage: make rl-noise POLICY=<recipe> SIM=libero CKPT=<checkpoint> [ARGS='rl.episodes_per_iter=128 ...']"; exit 2)
-	$(VLA) rl-noise --policy $(POLICY) --sim $(SIM) --ckpt $(CKPT) $(ARGS)
+	$(VLA) rl-noise --policy $(POLICY) --sim $(SIM) $(CONFIG_FLAG) --ckpt $(CKPT) $(ARGS)
 
 # The RL learning demonstration in the README: a deliberately under-trained diffusion policy (the
 # 1,000-step checkpoint of `make finetune`'s 1,500-step BC run), then GRPO on init states 0-9 of its
@@ -118,7 +118,7 @@ rl-demo-pushcube:
 PORT ?= 8000
 serve:
 	@test -n "$(CKPT)" || (echo "usage: make serve CKPT=<checkpoint dir> [PORT=8000]"; exit 2)
-	$(VLA) serve --ckpt $(CKPT) --port $(PORT)
+	$(VLA) serve --ckpt $(CKPT) --port $(PORT) $(ARGS)
 
 ROBOT ?= sim
 TASK ?=

@@ -20,7 +20,11 @@ fi
 # bookworm-backports (the suite is added to apt only if missing). sim/maniskill.py sets VK_ICD_FILENAMES to it.
 if [ "$(id -u)" = 0 ]; then APT_SUDO=""; else APT_SUDO="sudo"; fi
 mesa_version=$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || echo 0)
-if ls /usr/share/vulkan/icd.d/nvidia*.json /etc/vulkan/icd.d/nvidia*.json >/dev/null 2>&1; then
+has_nvidia_icd() {  # the driver's ICD file lies in one of the two folders (ls of both fails when one is empty)
+  for f in /usr/share/vulkan/icd.d/nvidia*.json /etc/vulkan/icd.d/nvidia*.json; do [ -e "$f" ] && return 0; done
+  return 1
+}
+if has_nvidia_icd; then
   echo "[install] Vulkan: NVIDIA driver found, lavapipe not needed"
 elif dpkg -s libvulkan1 >/dev/null 2>&1 && dpkg --compare-versions "$mesa_version" ge 25; then
   echo "[install] Vulkan: lavapipe (Mesa $mesa_version) already installed"
@@ -40,7 +44,14 @@ else
 fi
 
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# Debian's python3 makes venvs only with python3-venv (ensurepip); minimal images may lack python3 itself
+if ! command -v "$PYTHON" >/dev/null 2>&1 || ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
+  echo "[install] apt packages: python3 python3-venv"
+  $APT_SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $APT_SUDO apt-get install -y -qq python3 python3-venv >/dev/null
+fi
+# a venv left without pip (created before python3-venv was there) is made again
+.venv/bin/python -m pip --version >/dev/null 2>&1 || "$PYTHON" -m venv --clear .venv
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[install] python packages (first time: torch and friends, a few minutes)"
 # ray: `vla sweep --ray` (sharded sweeps on a Ray cluster) and its test; one ~80 MB wheel, ~8 s here

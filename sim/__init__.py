@@ -36,3 +36,16 @@ def num_init_states(name: str, suite: str, task: int) -> int:
     from sim.libero import num_init_states as libero_init_states
 
     return libero_init_states(suite, task)
+
+
+def check_episode_range(name: str, suite: str, task: int | str, first: int, count: int) -> None:
+    """Refuse, before anything runs, episodes beyond a LIBERO task's fixed init states (ManiSkill's indices are
+    seeds: any is valid)."""
+    check_sim(name)
+    if name == "maniskill" or count <= 0:
+        return
+    available = num_init_states(name, suite, task)
+    if first < 0 or first + count > available:
+        raise ValueError(f"{count} episodes from init state {first} need init states {first}..{first + count - 1}, "
+                         f"but {suite} task {task} has {available} (0..{available - 1}); lower the episodes or "
+                         "eval.first_init_state")

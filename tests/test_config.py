@@ -54,3 +54,15 @@ def test_float_keys_take_yaml_exponents_and_refuse_words():
     assert cfg.rl.lr == 5e-5 and isinstance(cfg.rl.lr, float) and cfg.train.lr == 3.0
     with pytest.raises(ConfigError, match="rl.lr: expected a number"):
         merge(ExperimentConfig(), parse_overrides(["rl.lr=fast"]))
+
+
+@pytest.mark.parametrize("override, message", [("head.type=bogus", "head.type 'bogus' is unknown"),
+                                               ("norm.action=foo", "norm.action 'foo' is unknown"),
+                                               ("backbone.name=x", "backbone.name 'x' is unknown"),
+                                               ("head.sampler=greedy", "head.sampler 'greedy' is unknown")])
+def test_unknown_names_are_refused_when_the_config_resolves(override, message):
+    """Before demos are generated (minutes), not when the policy is first built."""
+    from vla.experiment import resolve_config
+
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("openvla_oft", "libero", None, [override])

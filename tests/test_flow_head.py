@@ -135,3 +135,25 @@ def test_policy_act_with_a_seeded_generator_is_reproducible():
     b = policy.act(images, state, ["pick"], torch.Generator().manual_seed(4))
     c = policy.act(images, state, ["pick"], torch.Generator().manual_seed(5))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("kind", ["flow", "diffusion"])
+def test_the_action_expert_runs_in_a_bf16_backbones_dtype_without_autocast(kind):
+    """A real checkpoint loads in bf16; evaluation, RL and serving sample without autocast, so the expert reading
+    the backbone's KV cache must share its dtype (a float32 expert failed on its first matmul)."""
+    from vla.backbones.hf_vlm import PaliGemmaBackbone
+    from vla.config import DiffusionConfig, FlowConfig
+    from vla.heads.diffusion import DiffusionHead
+    from vla.heads.flow import FlowHead
+    from vla.sequence import Prefix
+
+    torch.manual_seed(0)
+    bb = PaliGemmaBackbone.tiny(32)
+    bb.model.to(torch.bfloat16)
+    head = FlowHead(bb, 4, 3, 64, FlowConfig(steps=2)) if kind == "flow" else \
+        DiffusionHead(bb, 4, 3, 64, DiffusionConfig(inference_steps=2))
+    embeds = torch.cat([bb.embed_images(torch.rand(2, 1, 3, 32, 32)), bb.embed_tokens(torch.tensor([[1, 5, 6], [1, 7, 0]]))], 1)
+    valid = torch.ones(embeds.shape[:2], dtype=torch.bool)
+    valid[1, -1] = False
+    actions = head.sample(Prefix(bb, embeds, valid))
+    assert embeds.dtype == torch.bfloat16 and actions.shape == (2, 4, 3) and torch.isfinite(actions).all()

@@ -43,6 +43,8 @@ def test_residual_from_a_base_checkpoint_freezes_the_base_and_acts_like_it(tmp_p
     cfg = merge(ExperimentConfig(), {"head": {"type": "residual", "residual": {"base_checkpoint": str(tmp_path / "base")}}})
     res = residual_from_base(cfg).eval()
     assert res.cfg.backbone.image_size == 32 and res.cfg.head.chunk_size == 4 and res.cfg.head.residual.base_type == "oft"
+    stochastic = merge(cfg, {"head": {"sampler": "stochastic"}})  # how the residual acts is the run's own setting
+    assert residual_from_base(stochastic).cfg.head.sampler == "stochastic"
     trainable = {n for n, q in res.named_parameters() if q.requires_grad}
     assert trainable == {"head.log_std"} | {n for n in trainable if n.startswith("head.mean_net.")}
     g = torch.Generator().manual_seed(0)

@@ -317,3 +317,21 @@ def test_rl_refuses_to_change_the_checkpoints_normalization(tmp_path):
         with pytest.raises(ConfigError, match="fixed by the BC checkpoint"):
             prepare_policy(tmp_path / "bc", None, ["rl.algo=grpo", override])
     assert prepare_policy(tmp_path / "bc", None, ["rl.algo=grpo", "norm.action=q01_q99"]).cfg.norm.action == "q01_q99"
+
+
+def test_rl_refuses_another_simulator_and_reads_a_config_file(tmp_path):
+    """`make rl` passes SIM (default libero); a ManiSkill checkpoint must not silently roll out in LIBERO."""
+    from vla.checkpoint import save_policy
+    from vla.config import ConfigError, parse_overrides, yaml_overrides
+    from vla.rl.prepare import prepare_policy
+
+    save_policy(random_policy({"sim": "maniskill", "backbone": {"image_size": 32}, "head": {"type": "flow", "chunk_size": 2}}),
+                tmp_path / "bc")
+    with pytest.raises(ConfigError, match="trained in maniskill; RL must run there too"):
+        prepare_policy(tmp_path / "bc", None, ["sim=libero", "rl.algo=grpo"])
+    (tmp_path / "rl.yaml").write_text("rl:\n  algo: grpo\n  init_states: [0, 3]\n  target_kl: null\n"
+                                      "prompt:\n  template: 'In: {instruction}? Out:'\n")
+    overrides = yaml_overrides(tmp_path / "rl.yaml")
+    assert parse_overrides(overrides) == {"rl": {"algo": "grpo", "init_states": [0, 3], "target_kl": None},
+                                          "prompt": {"template": "In: {instruction}? Out:"}}
+    assert prepare_policy(tmp_path / "bc", None, ["sim=maniskill", *overrides]).cfg.rl.init_states == [0, 3]

@@ -62,6 +62,7 @@ class OddStatesDiverge:
 
 def _sweep(monkeypatch, tmp_path, broken_resets=()):
     monkeypatch.setattr(sweep, "EnvWorker", ScriptedWorker)
+    monkeypatch.setattr(sweep.sim, "check_episode_range", lambda *args: None)  # no LIBERO init-state files here
     monkeypatch.setattr(ScriptedWorker, "broken_resets", set(broken_resets))
     run_sweep(OddStatesDiverge(), {"libero_spatial": [0]}, tmp_path, Protocol(episodes_per_task=4, videos_per_outcome=0),
               workers=2, sim_name="libero", progress=False)
@@ -81,3 +82,15 @@ def test_an_env_that_cannot_reset_is_retried_then_an_error_and_the_sweep_goes_on
     rows = _sweep(monkeypatch, tmp_path, broken_resets={2})
     assert rows["libero_spatial/0/2"]["status"] == "error" and rows["libero_spatial/0/2"]["attempts"] == sweep.MAX_ATTEMPTS
     assert rows["libero_spatial/0/0"]["success"] is True and len(rows) == 4
+
+
+def test_episodes_beyond_a_libero_tasks_init_states_are_refused_before_anything_runs(monkeypatch):
+    import pytest
+
+    import sim
+
+    monkeypatch.setattr(sim, "num_init_states", lambda name, suite, task: 50)
+    with pytest.raises(ValueError, match=r"init states 30..79, but libero_spatial task 0 has 50"):
+        sim.check_episode_range("libero", "libero_spatial", 0, 30, 50)
+    sim.check_episode_range("libero", "libero_spatial", 0, 30, 20)
+    sim.check_episode_range("maniskill", "maniskill", 0, 30, 500)  # ManiSkill's indices are seeds

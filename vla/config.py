@@ -320,7 +320,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({getattr(err, 'problem', err)}); a "
+                              f"string holding ': ' or ' #' needs inner quotes, e.g. {key}='\"...\"'") from err
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -333,10 +337,39 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (or nested dicts)."""
+    da = to_dict(a) if dataclasses.is_dataclass(a) else a
+    db = to_dict(b) if dataclasses.is_dataclass(b) else b
+    keys: list[str] = []
+    for k in sorted(set(da) | set(db)):
+        va, vb = da.get(k), db.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def yaml_overrides(path: str | Path) -> list[str]:
+    """A YAML config file as key.sub=value overrides (values as JSON, which YAML reads back unchanged), for the
+    commands that apply overrides to a checkpoint's config rather than to a recipe's."""
+    def flat(node: dict[str, Any], prefix: str) -> list[str]:
+        out: list[str] = []
+        for k, v in node.items():
+            out += flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}={json.dumps(v)}"]
+        return out
+
+    return flat(load_yaml(path), "")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

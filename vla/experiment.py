@@ -6,7 +6,7 @@ from pathlib import Path
 
 import policies
 import sim
-from vla.config import ExperimentConfig, load_yaml, merge, parse_overrides
+from vla.config import ConfigError, ExperimentConfig, load_yaml, merge, parse_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -21,7 +21,29 @@ def resolve_config(policy: str, sim_name: str, config_file: str | None = None, o
         cfg = merge(cfg, load_yaml(sim_yaml))
     if config_file:
         cfg = merge(cfg, load_yaml(config_file))
-    return merge(cfg, parse_overrides(overrides or []))
+    cfg = merge(cfg, parse_overrides(overrides or []))
+    check_choices(cfg)
+    return cfg
+
+
+def check_choices(cfg: ExperimentConfig) -> None:
+    """Values the config's types cannot catch (a head, backbone or mode name), refused before any demos or
+    training run rather than when the policy is first built."""
+    from vla.backbones import PRESETS
+    from vla.heads import HEAD_TYPES
+    from vla.heads.oft import OUTPUTS
+    from vla.model import SAMPLERS
+    from vla.normalize import MODES
+
+    h = cfg.head
+    choices = [("head.type", h.type, HEAD_TYPES), ("head.sampler", h.sampler, SAMPLERS),
+               ("head.oft_output", h.oft_output, OUTPUTS), ("backbone.name", cfg.backbone.name, tuple(PRESETS)),
+               ("norm.action", cfg.norm.action, MODES), ("norm.state", cfg.norm.state, MODES)]
+    if h.type == "residual" and not h.residual.base_checkpoint:
+        choices.append(("head.residual.base_type", h.residual.base_type, tuple(t for t in HEAD_TYPES if t != "residual")))
+    for key, value, valid in choices:
+        if value not in valid:
+            raise ConfigError(f"{key} '{value}' is unknown; valid: {', '.join(valid)}")
 
 
 def demo_dataset_dir(cfg: ExperimentConfig) -> Path:
@@ -64,6 +86,8 @@ def evaluate_checkpoint(ckpt: Path, tasks: list[int] | None = None, episodes: in
     cfg = policy.cfg
     tasks = cfg.demos.tasks if tasks is None else tasks
     episodes = cfg.eval.episodes if episodes is None else episodes
+    for task in tasks:
+        sim.check_episode_range(cfg.sim, cfg.demos.suite, task, cfg.eval.first_init_state, episodes)
     per_task, all_results = {}, []
     for task in tasks:
         env = sim.make_env(cfg.sim, cfg.demos.suite, task, cfg.demos.image_size, cfg.eval.max_steps, cfg.eval.seed)

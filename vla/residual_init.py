@@ -22,8 +22,8 @@ def adopt_base_config(cfg: ExperimentConfig) -> ExperimentConfig:
     bcfg = load_config(Path(cfg.head.residual.base_checkpoint))
     if bcfg.head.type == "residual":
         raise ValueError(f"{cfg.head.residual.base_checkpoint} is itself a residual policy; give the base checkpoint")
-    head = dataclasses.replace(
-        bcfg.head, type="residual", value_head=cfg.head.value_head,
+    head = dataclasses.replace(  # the base's architecture; how the residual policy acts and learns is this run's
+        bcfg.head, type="residual", value_head=cfg.head.value_head, sampler=cfg.head.sampler,
         residual=dataclasses.replace(cfg.head.residual, base_type=bcfg.head.type),
     )
     data = dataclasses.replace(cfg.data, cameras=bcfg.data.cameras, use_state=bcfg.data.use_state)

@@ -24,7 +24,11 @@ class OpenVLABackbone(Backbone):
         self.hidden_size = lm_cfg.hidden_size
         self.vocab_size = lm_cfg.vocab_size
         self.image_size = image_size
-        self.tokens_per_image = model.vision_backbone.get_num_patches()
+        vision = model.vision_backbone
+        # openvla/openvla-7b's remote code has no get_num_patches (only the OFT forks add it); its timm ViT
+        # featurizer knows the count, the same for a fused pair (their features are stacked per patch)
+        self.tokens_per_image = (vision.get_num_patches() if hasattr(vision, "get_num_patches")
+                                 else vision.featurizer.patch_embed.num_patches)
         self.tokenizer = tokenizer
 
     @classmethod

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import sim
 from sim.worker import CAMERAS, EnvError, EnvSpec, EnvWorker, WorkerCrashed
 from vla.heads.noise import EpisodeNoise, stream_seed
 
@@ -174,6 +175,9 @@ def run_sweep(policy, suites: dict[str, list[int]], out: Path, protocol: Protoco
     given, is called with each row (a plain dict) right after it is written (the Ray launcher streams them).
     `sim_name`: the simulator the env workers build; None = the suites' own (a given one must match them)."""
     sim_name = sweep_sim(suites, sim_name)
+    for suite, tasks in suites.items():
+        for task in tasks:
+            sim.check_episode_range(sim_name, suite, task, protocol.first_init_state, protocol.episodes_per_task)
     out.mkdir(parents=True, exist_ok=True)
     _check_protocol(out, protocol, suites)
     done = read_results(out)

@@ -61,6 +61,9 @@ class ActionExpert(nn.Module):
         if _k_proj_width(self.decoder) != _k_proj_width(base):
             raise ValueError(f"could not build an action expert of width {width} whose keys/values match "
                              f"{type(base).__name__}; try head.expert_width={base.config.hidden_size}")
+        # the expert attends over the backbone's KV cache: it runs in the backbone's dtype (bf16 for a real
+        # checkpoint) outside autocast too, as in evaluation, RL and serving; its in/out projections stay float32
+        self.decoder.to(base.dtype)
         self.width = width
         self.action_in = nn.Linear(action_dim, width)
         self.time_mlp = nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, width))

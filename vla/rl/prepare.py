@@ -28,6 +28,9 @@ def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str]) -
     base = load_policy(ckpt)
     updates = parse_overrides(overrides)
     cfg = merge(base.cfg, updates)
+    if cfg.sim != base.cfg.sim:
+        raise ConfigError(f"{ckpt} was trained in {base.cfg.sim}; RL must run there too: --sim {base.cfg.sim} "
+                          f"(make rl SIM={base.cfg.sim}), got {cfg.sim}")
     if cfg.norm != base.cfg.norm:  # the policy would train with the checkpoint's transform but save the new one
         raise ConfigError(f"norm.* is fixed by the BC checkpoint its statistics and weights were trained with "
                           f"({base.cfg.norm}); RL cannot change it (got {cfg.norm})")

@@ -15,8 +15,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from vla.checkpoint import latest_checkpoint, load_training_state, norm_specs, save_training_checkpoint
-from vla.config import ConfigError, ExperimentConfig, to_dict, to_yaml
+from vla.checkpoint import latest_checkpoint, load_config, load_training_state, norm_specs, save_training_checkpoint
+from vla.config import ConfigError, ExperimentConfig, differences, to_dict, to_yaml
 from vla.data.dataset import EpochSampler, FrameCache, StreamingFrames, dataset_stats, open_dataset, validate_dataset
 from vla.devices import pick_device, setup_distributed
 from vla.model import Policy
@@ -118,6 +118,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
     step = 0
     resume_from = latest_checkpoint(ckpt_root) if cfg.train.resume else None
     if resume_from is not None:
+        _check_resumable(resume_from, cfg)
         step = _restore(resume_from, policy, optimizer, scheduler, sampler, aug_gen)
         if ddp.main:
             print(f"resumed from {resume_from} at step {step}", flush=True)
@@ -168,6 +169,22 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
     if ddp.world > 1:
         dist.destroy_process_group()
     return last if last is not None else latest_checkpoint(ckpt_root)
+
+
+# what may change when a run resumes: how long and how often it saves/logs, where it runs, evaluation and RL
+# settings, where the data lives. Anything else means another experiment, which must not continue this one's weights.
+RESUMABLE = ("output_dir", "device", "data.dataset", "data.cache_in_memory", "eval.", "rl.", "head.sampler",
+             "train.steps", "train.save_every", "train.keep_last", "train.log_every", "train.torch_threads",
+             "train.tensorboard", "train.wandb", "train.resume")
+
+
+def _check_resumable(checkpoint: Path, cfg: ExperimentConfig) -> None:
+    changed = [k for k in differences(load_config(checkpoint), cfg) if not k.startswith(RESUMABLE)]
+    if changed:
+        raise ConfigError(f"{cfg.output_dir} holds a run trained with other settings ({', '.join(changed[:8])}"
+                          f"{' ...' if len(changed) > 8 else ''} differ from {checkpoint}/config.json); resuming it "
+                          "would continue its weights under the new settings. Give a new output_dir=, or "
+                          "train.resume=false to start over there")
 
 
 def _save(root, step, policy, optimizer, scheduler, sampler, aug_gen, keep_last) -> Path:
