@@ -51,3 +51,13 @@ def test_missing_checkpoint(tmp_path):
     save_policy_dir.mkdir()
     with pytest.raises(CheckpointError, match="missing config.json"):
         load_policy(save_policy_dir)
+
+
+@pytest.mark.parametrize("keep_last,kept", [(2, [3, 4]), (1, [4]), (0, [1, 2, 3, 4])])
+def test_training_checkpoints_keep_the_newest_or_all(policy, tmp_path, keep_last, kept):
+    from vla.checkpoint import latest_checkpoint, save_training_checkpoint
+
+    for step in (1, 2, 3, 4):
+        save_training_checkpoint(tmp_path, step, policy, {"x": torch.zeros(1)}, {"step": step}, keep_last)
+    assert sorted(int(p.name.split("_")[1]) for p in tmp_path.glob("step_*")) == kept
+    assert latest_checkpoint(tmp_path).name == "step_0000004"

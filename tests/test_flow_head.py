@@ -34,14 +34,31 @@ def test_euler_matches_the_analytic_solution_of_known_fields():
     assert torch.allclose(p.sample(seed=1), x1 / math.e, atol=1e-3)
 
 
+def _gaussian_data_field(mu: torch.Tensor, s: float):
+    """The exact marginal velocity E[x1 - a | x_t] for data a ~ N(mu, s^2) and noise x1 ~ N(0, 1), with
+    x_t = (1 - t) a + t x1 (jointly Gaussian, so the conditional mean is linear in x_t)."""
+    def field(x, t):
+        var = (1 - t) ** 2 * s**2 + t**2
+        return -mu + (t - (1 - t) * s**2) / var * (x - (1 - t) * mu)
+    return field
+
+
 def test_flow_sde_keeps_the_ode_marginals():
-    """With the exact field of a point target, Flow-SDE's stochastic chain still ends at the target."""
-    p = Problem("flow", flow={"steps": 200, "sde_noise_level": 0.5})
-    a = p.targets
-    _with_velocity(p, lambda x, t: (x - a) / t)
-    finals = torch.stack([p.head.sample_rl(p.prefix(), torch.Generator().manual_seed(s)).actions for s in range(16)])
-    assert (finals.mean(0) - a).abs().max() < 0.05
-    assert finals.std(0).max() < 0.1
+    """Under the exact field of Gaussian data N(mu, 0.3^2), the ODE maps noise onto the data distribution
+    and Flow-SDE's stochastic chain must end at the same distribution: its score-corrected drift exactly
+    offsets the noise it injects (a missing drift term, or a std that does not match it, widens the
+    result). ~3,000 draws: the standard error of the measured std is ~0.015 of s."""
+    s = 0.3
+    p = Problem("flow", flow={"steps": 100, "sde_noise_level": 0.7})
+    mu = p.targets
+    _with_velocity(p, _gaussian_data_field(mu, s))
+    ode = torch.stack([p.sample(seed=k) for k in range(64)])
+    sde = torch.stack([p.head.sample_rl(p.prefix(), torch.Generator().manual_seed(k)).actions for k in range(64)])
+    for finals in (ode, sde):
+        z = (finals - mu) / s
+        assert abs(float(z.mean())) < 0.06 and abs(float(z.std()) - 1.0) < 0.06, (float(z.mean()), float(z.std()))
+    # the SDE path differs from the ODE's draw by draw (it is stochastic, not the ODE with a seed)
+    assert (sde - ode).abs().mean() > 0.1 * s
 
 
 @pytest.mark.parametrize("rl_noise", ["sde", "noise"])

@@ -94,6 +94,14 @@ def test_clip_ranges_and_surrogate():
     # positive advantage gains at most 1.2x; negative advantage loses at most down to 0.8x
     assert float(loss) == pytest.approx(-(1.2 + 1.1 - 0.8 - 0.9) / 4)
     assert float(frac) == pytest.approx(0.5)
+    # where the ratio moved against the advantage the unclipped term is the smaller one and is kept whole:
+    # 1.5x an action with A=-1 costs -1.5 (not the clipped -1.2), 0.5x an action with A=+1 earns 0.5 (not 0.8)
+    loss, frac = clipped_surrogate(torch.log(torch.tensor([1.5, 0.5])), torch.tensor([-1.0, 1.0]), 0.8, 1.2)
+    assert float(loss) == pytest.approx(-(-1.5 + 0.5) / 2) and float(frac) == pytest.approx(1.0)
+    # and its gradient flows through those ratios (the clipped term would give none)
+    log_ratio = torch.log(torch.tensor([1.5, 0.5])).requires_grad_()
+    clipped_surrogate(log_ratio, torch.tensor([-1.0, 1.0]), 0.8, 1.2)[0].backward()
+    assert torch.allclose(log_ratio.grad, torch.tensor([1.5 / 2, -0.5 / 2]))
 
 
 HEADS = {
@@ -279,6 +287,24 @@ def test_rft_replay_is_refused_for_other_algorithms_and_resumes_with_the_run(tmp
         run_state.resume_state(tmp_path, policy, optimizer, None, rft.SuccessReplay(100))
 
 
+def test_rl_resumes_only_the_experiment_its_directory_holds(tmp_path):
+    """`make rl` run again with another rate into the same output would continue the old run's weights and
+    compare its new "after" with the old settings' "before"; more iterations or other workers resume."""
+    from vla.config import ConfigError, merge
+    from vla.rl import run_state
+
+    policy = _policy(HEADS["oft_tokens"], "grpo")
+    optimizer = make_optimizer(policy, policy.cfg.rl)
+    run_state.save_state(tmp_path, policy, optimizer, {"iteration": 2, "history": [], "evals": {}})
+    trained = policy.cfg
+    policy.cfg = merge(trained, {"rl": {"iterations": 40, "workers": 1, "eval_every": 5}, "device": "cpu"})
+    assert run_state.resume_state(tmp_path, policy, optimizer)["iteration"] == 2
+    for changed in ({"rl": {"lr": 1e-3}}, {"rl": {"eval_seeds": [8]}}, {"head": {"rl_temperature": 0.5}}):
+        policy.cfg = merge(trained, changed)
+        with pytest.raises(ConfigError, match="holds an RL run with other settings"):
+            run_state.resume_state(tmp_path, policy, optimizer)
+
+
 def test_batched_envs_are_refused_where_they_cannot_run(monkeypatch):
     from vla.config import ConfigError, ExperimentConfig
     from vla.rl import prepare
@@ -322,7 +348,7 @@ def test_rl_refuses_to_change_the_checkpoints_normalization(tmp_path):
 def test_rl_refuses_another_simulator_and_reads_a_config_file(tmp_path):
     """`make rl` passes SIM (default libero); a ManiSkill checkpoint must not silently roll out in LIBERO."""
     from vla.checkpoint import save_policy
-    from vla.config import ConfigError, parse_overrides, yaml_overrides
+    from vla.config import ConfigError, combine_updates
     from vla.rl.prepare import prepare_policy
 
     save_policy(random_policy({"sim": "maniskill", "backbone": {"image_size": 32}, "head": {"type": "flow", "chunk_size": 2}}),
@@ -331,7 +357,9 @@ def test_rl_refuses_another_simulator_and_reads_a_config_file(tmp_path):
         prepare_policy(tmp_path / "bc", None, ["sim=libero", "rl.algo=grpo"])
     (tmp_path / "rl.yaml").write_text("rl:\n  algo: grpo\n  init_states: [0, 3]\n  target_kl: null\n"
                                       "prompt:\n  template: 'In: {instruction}? Out:'\n")
-    overrides = yaml_overrides(tmp_path / "rl.yaml")
-    assert parse_overrides(overrides) == {"rl": {"algo": "grpo", "init_states": [0, 3], "target_kl": None},
-                                          "prompt": {"template": "In: {instruction}? Out:"}}
-    assert prepare_policy(tmp_path / "bc", None, ["sim=maniskill", *overrides]).cfg.rl.init_states == [0, 3]
+    policy = prepare_policy(tmp_path / "bc", None, ["sim=maniskill", "rl.init_states=[5]"], tmp_path / "rl.yaml")
+    # the command line over the file, key by key: the file's other rl.* and prompt.* keys still apply
+    assert policy.cfg.rl.init_states == [5] and policy.cfg.rl.algo == "grpo" and policy.cfg.rl.target_kl is None
+    assert policy.cfg.prompt.template == "In: {instruction}? Out:"
+    assert combine_updates({"rl": {"algo": "grpo", "seed": 1}}, {"rl": {"seed": 2}, "sim": "x"}) == \
+        {"rl": {"algo": "grpo", "seed": 2}, "sim": "x"}

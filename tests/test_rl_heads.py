@@ -14,6 +14,11 @@ CASES = {
     "diffusion_dppo": ("diffusion", {"diffusion": {"inference_steps": 4}}),
     "residual": ("residual", {}),
 }
+# the head's own parameters RL must reach through the log-prob (not only the backbone): the learned noise of
+# Flow-Noise, the residual's mean as well as its std, the expert that sets each denoising step's mean
+MUST_LEARN = {"tokenized": ["start"], "oft_tokens": ["slots"], "flow_sde": ["expert."],
+              "flow_noise": ["expert.", "noise_std."], "flow_sde_one_step": ["expert."],
+              "diffusion_dppo": ["expert."], "residual": ["mean_net.", "log_std"]}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -32,6 +37,11 @@ def test_one_update_moves_log_prob_toward_the_advantaged_action(case):
     grads = torch.autograd.grad(-(advantage * before).mean(), params, allow_unused=True)
     norm = torch.sqrt(sum((g**2).sum() for g in grads if g is not None))
     assert norm > 0
+    by_param = {id(q): g for q, g in zip(params, grads)}
+    for prefix in MUST_LEARN[case]:
+        reached = [n for n, q in p.head.named_parameters()
+                   if n.startswith(prefix) and by_param.get(id(q)) is not None and by_param[id(q)].abs().sum() > 0]
+        assert reached, f"no gradient reaches head.{prefix}*"
     with torch.no_grad():  # a small normalized gradient step: the first-order effect dominates
         for q, g in zip(params, grads):
             if g is not None:

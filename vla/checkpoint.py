@@ -111,9 +111,10 @@ def save_training_checkpoint(root: Path, step: int, policy, tensors: dict[str, t
     latest_tmp = root / f".{LATEST}.tmp"
     latest_tmp.write_text(final.name)
     os.replace(latest_tmp, root / LATEST)
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last or None]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    if keep_last > 0:  # 0 keeps every checkpoint
+        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 

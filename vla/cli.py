@@ -15,13 +15,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100")
 
 
-def _file_overrides(args: argparse.Namespace) -> list[str]:
-    """--config FILE for commands that start from a checkpoint's config: its keys, before the command line's."""
-    from vla.config import yaml_overrides
-
-    return yaml_overrides(args.config) if args.config else []
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vla", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -122,7 +115,7 @@ def _run(args) -> int:
         from vla.rl.trainer import train_rl
 
         try:
-            summary = train_rl(args.ckpt, args.policy, [f"sim={args.sim}", *_file_overrides(args), *args.overrides])
+            summary = train_rl(args.ckpt, args.policy, [f"sim={args.sim}", *args.overrides], args.config)
         except RayRolloutError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -136,7 +129,7 @@ def _run(args) -> int:
             print("error: give --ckpt (measure) or --from DIR (recompute a measurement), one of them", file=sys.stderr)
             return 2
         report = recompute(args.saved) if args.saved else measure(
-            args.ckpt, args.policy, [f"sim={args.sim}", *_file_overrides(args), *args.overrides], args.out)
+            args.ckpt, args.policy, [f"sim={args.sim}", *args.overrides], args.out, args.config)
         print(format_report(report))
         return 0
     if args.cmd == "serve":

@@ -77,6 +77,10 @@ class HeadConfig:
     action_dim: int = 7
     hidden_dim: int = 256  # width of the regression MLP (oft)
     num_bins: int = 256  # token outputs: uniform bins on [-1, 1]
+    # token outputs' vocabulary ids: auto = the backbone's pretrained action tokens when it has them (openvla-7b:
+    # 255 bins counting down from id 31999, so fine-tuning starts from its learned rows), else the last ids;
+    # end = always the last num_bins ids (new tokens, any num_bins)
+    token_ids: str = "auto"  # auto | end
     oft_output: str = "l1"  # oft: l1 (continuous regression) | tokens (bin tokens decoded in parallel)
     rl_temperature: float = 1.0  # token heads: sampling temperature for RL exploration (and its log-probs)
     # token heads: RL learns one temperature per action dimension (from rl_temperature), as Gaussian PPO
@@ -136,7 +140,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     save_every: int = 500
-    keep_last: int = 2
+    keep_last: int = 2  # step_* checkpoints kept (the newest); 0 keeps them all
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     torch_threads: int = 0  # 0 = leave torch's default
     tensorboard: bool = False
@@ -360,16 +364,12 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def yaml_overrides(path: str | Path) -> list[str]:
-    """A YAML config file as key.sub=value overrides (values as JSON, which YAML reads back unchanged), for the
-    commands that apply overrides to a checkpoint's config rather than to a recipe's."""
-    def flat(node: dict[str, Any], prefix: str) -> list[str]:
-        out: list[str] = []
-        for k, v in node.items():
-            out += flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}={json.dumps(v)}"]
-        return out
-
-    return flat(load_yaml(path), "")
+def combine_updates(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """Two nested update dicts as one, `then`'s values winning: a --config file's keys under the command line's."""
+    out = dict(first)
+    for k, v in then.items():
+        out[k] = combine_updates(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

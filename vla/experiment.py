@@ -32,12 +32,14 @@ def check_choices(cfg: ExperimentConfig) -> None:
     from vla.backbones import PRESETS
     from vla.heads import HEAD_TYPES
     from vla.heads.oft import OUTPUTS
+    from vla.heads.tokenized import TOKEN_IDS
     from vla.model import SAMPLERS
     from vla.normalize import MODES
 
     h = cfg.head
     choices = [("head.type", h.type, HEAD_TYPES), ("head.sampler", h.sampler, SAMPLERS),
-               ("head.oft_output", h.oft_output, OUTPUTS), ("backbone.name", cfg.backbone.name, tuple(PRESETS)),
+               ("head.oft_output", h.oft_output, OUTPUTS), ("head.token_ids", h.token_ids, TOKEN_IDS),
+               ("backbone.name", cfg.backbone.name, tuple(PRESETS)),
                ("norm.action", cfg.norm.action, MODES), ("norm.state", cfg.norm.state, MODES)]
     if h.type == "residual" and not h.residual.base_checkpoint:
         choices.append(("head.residual.base_type", h.residual.base_type, tuple(t for t in HEAD_TYPES if t != "residual")))

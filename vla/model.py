@@ -12,7 +12,7 @@ from torch import nn
 from vla.backbones import build_backbone
 from vla.config import ExperimentConfig
 from vla.data.transforms import PromptEncoder, images_to_pixels, random_shift
-from vla.heads import RLSample, build_head
+from vla.heads import RLSample, build_head, samples_bins
 from vla.heads.noise import Noise
 from vla.heads.value import ValueHead
 from vla.normalize import Normalizer
@@ -32,7 +32,7 @@ class Policy(nn.Module):
                              "oft_output=l1 is deterministic (use oft_output=tokens or another head)")
         # these heads only represent actions in [-1, 1] (bins on [-1, 1]; a diffusion sample clipped to it): under
         # mean_std that is +-1 sd, so about a third of the actions would be clipped in training and unreachable after
-        bounded = cfg.head.type in ("tokenized", "diffusion") or (cfg.head.type == "oft" and cfg.head.oft_output == "tokens")
+        bounded = cfg.head.type == "diffusion" or samples_bins(cfg.head)
         if bounded and cfg.norm.action == "mean_std":
             raise ValueError(f"norm.action=mean_std with head '{cfg.head.type}': this head represents actions only in "
                              "[-1, 1], i.e. within one standard deviation; use norm.action=q01_q99 (or identity for "

@@ -50,7 +50,8 @@ class HFTokenizer:
 
     def __init__(self, tokenizer, vocab_size: int):
         self._tok = tokenizer
-        self.vocab_size = vocab_size
+        self.vocab_size = vocab_size  # the model's embedding rows (often padded past the tokenizer's)
+        self.text_vocab_size = int(tokenizer.vocab_size)  # the tokenizer's own ids, without added tokens
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.pad_id
 

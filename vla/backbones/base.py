@@ -23,6 +23,9 @@ class Backbone(nn.Module):
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     tokenizer: TextTokenizer
+    # the pretrained model's own action tokens, (top_id, num_bins): bin b of num_bins uniform bins on [-1, 1] is
+    # id top_id - b (OpenVLA). None: the model has none and token heads take the vocabulary's last ids
+    pretrained_action_tokens: tuple[int, int] | None = None
 
     def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.image_mean, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)

@@ -30,6 +30,9 @@ class OpenVLABackbone(Backbone):
         self.tokens_per_image = (vision.get_num_patches() if hasattr(vision, "get_num_patches")
                                  else vision.featurizer.patch_embed.num_patches)
         self.tokenizer = tokenizer
+        # OpenVLA's ActionTokenizer: id = tokenizer.vocab_size - digitize(a, 256 edges on [-1, 1]), the text
+        # vocabulary's (32000 for Llama-2; the embedding is padded to 32064) top ids, counting down
+        self.pretrained_action_tokens = (tokenizer.text_vocab_size - 1, 255)
 
     @classmethod
     def pretrained(cls, name: str, dtype: str) -> "OpenVLABackbone":

@@ -329,12 +329,11 @@ def _retry(todo: deque, episode: Episode, attempts: dict[str, int], log, bar,
     if attempts[episode.key] < MAX_ATTEMPTS:
         todo.appendleft(episode)  # the crashed attempt is not counted
         return
+    row = {"key": episode.key, **asdict(episode), "attempts": attempts[episode.key]}
     if refused is not None:
-        row = {"key": episode.key, **asdict(episode), "status": "ok", "success": False, "steps": refused[0],
-               "attempts": attempts[episode.key], "video": None, "env_error": refused[1]}
+        row.update(status="ok", success=False, steps=refused[0], video=None, env_error=refused[1])
     else:
-        row = {"key": episode.key, **asdict(episode), "status": "error", "success": None, "steps": None,
-               "attempts": attempts[episode.key]}
+        row.update(status="error", success=None, steps=None)
     log.append(row)
     bar.update(1)
 

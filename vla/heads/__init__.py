@@ -7,28 +7,48 @@ from vla.heads.base import ActionHead, RLSample
 
 HEAD_TYPES = ("oft", "tokenized", "flow", "diffusion", "residual")
 
-__all__ = ["HEAD_TYPES", "ActionHead", "RLSample", "build_head"]
+__all__ = ["HEAD_TYPES", "ActionHead", "RLSample", "build_head", "samples_bins"]
+
+
+def samples_bins(cfg: HeadConfig, kind: str | None = None) -> bool:
+    """Whether the head's actions are categorical bins on [-1, 1]: the tokenized head, or OFT with token outputs."""
+    kind = kind or cfg.type
+    return kind == "tokenized" or (kind == "oft" and cfg.oft_output == "tokens")
 
 
 def _expert_width(cfg: HeadConfig, backbone: Backbone) -> int:
     return cfg.expert_width or backbone.hidden_size // 2
 
 
+def _token_top_id(cfg: HeadConfig, backbone: Backbone, kind: str) -> int | None:
+    """head.token_ids=auto over a backbone with pretrained action tokens: their layout, which fixes num_bins."""
+    pretrained = backbone.pretrained_action_tokens
+    if not samples_bins(cfg, kind) or cfg.token_ids == "end" or pretrained is None:
+        return None
+    top_id, num_bins = pretrained
+    if cfg.num_bins != num_bins:
+        raise ValueError(f"head.num_bins={cfg.num_bins}, but this backbone's pretrained action tokens are {num_bins} "
+                         f"uniform bins on [-1, 1] (ids {top_id - num_bins + 1}..{top_id}); set head.num_bins="
+                         f"{num_bins} to fine-tune them, or head.token_ids=end to learn new tokens")
+    return top_id
+
+
 def build_head(cfg: HeadConfig, backbone: Backbone, _type: str | None = None) -> ActionHead:
     kind = _type or cfg.type
-    if cfg.learn_temperature and not (kind == "tokenized" or (kind == "oft" and cfg.oft_output == "tokens")):
+    if cfg.learn_temperature and not samples_bins(cfg, kind):
         raise ValueError(f"head.learn_temperature needs a bin-token head (tokenized, or oft with "
                          f"oft_output=tokens); head '{kind}' (oft_output={cfg.oft_output}) samples no bins")
     if kind == "oft":
         from vla.heads.oft import OFTHead
 
         return OFTHead(backbone.hidden_size, cfg.chunk_size, cfg.action_dim, cfg.hidden_dim, cfg.oft_output,
-                       backbone.vocab_size, cfg.num_bins, cfg.rl_temperature, cfg.learn_temperature)
+                       backbone.vocab_size, cfg.num_bins, cfg.rl_temperature, cfg.learn_temperature,
+                       _token_top_id(cfg, backbone, kind))
     if kind == "tokenized":
         from vla.heads.tokenized import TokenizedHead
 
         return TokenizedHead(backbone.hidden_size, backbone.vocab_size, cfg.chunk_size, cfg.action_dim, cfg.num_bins,
-                             cfg.rl_temperature, cfg.learn_temperature)
+                             cfg.rl_temperature, cfg.learn_temperature, _token_top_id(cfg, backbone, kind))
     if kind == "flow":
         from vla.heads.flow import FlowHead
 

@@ -43,7 +43,7 @@ OUTPUTS = ("l1", "tokens")
 class OFTHead(ActionHead):
     def __init__(self, hidden_size: int, chunk_size: int, action_dim: int, mlp_dim: int, output: str = "l1",
                  vocab_size: int = 0, num_bins: int = 256, temperature: float = 1.0,
-                 learn_temperature: bool = False):
+                 learn_temperature: bool = False, top_id: int | None = None):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"head.oft_output '{output}' is unknown; valid: {', '.join(OUTPUTS)}")
@@ -52,7 +52,7 @@ class OFTHead(ActionHead):
         if output == "l1":
             self.mlp = ResidualMLP(action_dim * hidden_size, mlp_dim, action_dim)
         else:
-            self.tokens = ActionTokenizer(num_bins, vocab_size)
+            self.tokens = ActionTokenizer(num_bins, vocab_size, top_id)
             self.temperature = TokenTemperature(action_dim, temperature, learn_temperature)
             self.rl_quantity = "per-token log-probs of the parallel-decoded bins"
 
@@ -67,7 +67,7 @@ class OFTHead(ActionHead):
 
     def bin_logits(self, prefix: Prefix) -> torch.Tensor:
         """(B, chunk * action_dim, num_bins) from the LM head's bin ids."""
-        return prefix.backbone.lm_logits(self._slot_hidden(prefix))[..., self.tokens.first_id:].float()
+        return self.tokens.bin_logits(prefix.backbone.lm_logits(self._slot_hidden(prefix)))
 
     def loss(self, prefix, actions, pad, generator=None):
         if self.output == "l1":

@@ -1,7 +1,9 @@
 """RT-2 / OpenVLA action tokens: each action dimension discretized into `num_bins` uniform bins on
-[-1, 1], bin b written as vocabulary id `vocab_size - num_bins + b` (the language model's least-used
-ids), decoded autoregressively with the KV cache. Decoding is constrained to the bin ids, which is
-what makes the per-token log-probabilities well defined for RL.
+[-1, 1], each bin written as one vocabulary id, decoded autoregressively with the KV cache. Decoding is
+constrained to the bin ids, which is what makes the per-token log-probabilities well defined for RL.
+Which ids: a backbone whose pretrained model already has action tokens (openvla-7b) keeps its layout, so
+fine-tuning starts from the learned rows; otherwise bin b is id `vocab_size - num_bins + b` (the
+vocabulary's last, least-used ids).
 """
 from __future__ import annotations
 
@@ -14,13 +16,24 @@ from vla.heads.noise import Noise, uniform
 from vla.heads.temperature import TokenTemperature
 from vla.sequence import Prefix
 
+TOKEN_IDS = ("auto", "end")  # head.token_ids: the backbone's pretrained action tokens if any, or the last ids
+
 
 class ActionTokenizer:
-    def __init__(self, num_bins: int, vocab_size: int):
+    """Bins <-> vocabulary ids. `top_id` None: bin b is id first_id + b (the last `num_bins` ids).
+    `top_id` set: bin b is id top_id - b, OpenVLA's layout (its id = tokenizer.vocab_size - digitize(a)
+    over 256 edges, i.e. 255 bins counting down from 31999 on Llama-2; a = 1.0 exactly, its id 31744,
+    decodes as the top bin there and never occurs here)."""
+
+    def __init__(self, num_bins: int, vocab_size: int, top_id: int | None = None):
         if num_bins > vocab_size:
             raise ValueError(f"num_bins {num_bins} exceeds the vocabulary size {vocab_size}")
-        self.num_bins, self.vocab_size = num_bins, vocab_size
-        self.first_id = vocab_size - num_bins
+        if top_id is not None and not num_bins - 1 <= top_id < vocab_size:
+            raise ValueError(f"action token ids {top_id - num_bins + 1}..{top_id} fall outside the vocabulary "
+                             f"(size {vocab_size})")
+        self.num_bins, self.vocab_size, self.top_id = num_bins, vocab_size, top_id
+        # the lowest id of the bin block, whichever its order
+        self.first_id = vocab_size - num_bins if top_id is None else top_id - num_bins + 1
 
     def to_bins(self, actions: torch.Tensor) -> torch.Tensor:
         scaled = (actions.clamp(-1.0, 1.0) + 1.0) / 2.0 * self.num_bins
@@ -29,11 +42,22 @@ class ActionTokenizer:
     def from_bins(self, bins: torch.Tensor) -> torch.Tensor:
         return (bins.float() + 0.5) / self.num_bins * 2.0 - 1.0  # bin centres
 
+    def ids(self, bins: torch.Tensor) -> torch.Tensor:
+        return bins + self.first_id if self.top_id is None else self.top_id - bins
+
+    def bins_of(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids - self.first_id if self.top_id is None else self.top_id - ids
+
     def to_ids(self, actions: torch.Tensor) -> torch.Tensor:
-        return self.to_bins(actions) + self.first_id
+        return self.ids(self.to_bins(actions))
 
     def from_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.from_bins(ids - self.first_id)
+        return self.from_bins(self.bins_of(ids))
+
+    def bin_logits(self, lm_logits: torch.Tensor) -> torch.Tensor:
+        """(..., vocab) LM logits -> (..., num_bins) in bin order, as float32."""
+        block = lm_logits[..., self.first_id:self.first_id + self.num_bins].float()
+        return block if self.top_id is None else block.flip(-1)
 
 
 def categorical_sample(logits: torch.Tensor, generator: Noise) -> torch.Tensor:
@@ -54,11 +78,11 @@ class TokenizedHead(ActionHead):
     rl_quantity = "per-token log-probs of the autoregressive bins"
 
     def __init__(self, hidden_size: int, vocab_size: int, chunk_size: int, action_dim: int, num_bins: int,
-                 temperature: float = 1.0, learn_temperature: bool = False):
+                 temperature: float = 1.0, learn_temperature: bool = False, top_id: int | None = None):
         super().__init__()
         self.temperature = TokenTemperature(action_dim, temperature, learn_temperature)
         self.chunk_size, self.action_dim = chunk_size, action_dim
-        self.tokens = ActionTokenizer(num_bins, vocab_size)
+        self.tokens = ActionTokenizer(num_bins, vocab_size, top_id)
         # stands where OpenVLA's last prompt token stands; a learned slot is position-independent
         # when prompts in a batch have different lengths
         self.start = nn.Parameter(torch.randn(1, 1, hidden_size) * 0.02)
@@ -68,7 +92,7 @@ class TokenizedHead(ActionHead):
         return self.chunk_size * self.action_dim
 
     def _bin_logits(self, prefix: Prefix, hidden: torch.Tensor) -> torch.Tensor:
-        return prefix.backbone.lm_logits(hidden)[..., self.tokens.first_id:].float()
+        return self.tokens.bin_logits(prefix.backbone.lm_logits(hidden))
 
     def _teacher_forced_logits(self, prefix: Prefix, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bins = self.tokens.to_bins(actions).reshape(actions.shape[0], self.n_tokens)
@@ -76,7 +100,7 @@ class TokenizedHead(ActionHead):
 
     def _bin_logits_given(self, prefix: Prefix, bins: torch.Tensor) -> torch.Tensor:
         """Bin logits at every position when the previous bins (B, T*A) are fed in (teacher forcing)."""
-        ids = bins + self.tokens.first_id
+        ids = self.tokens.ids(bins)
         inputs = torch.cat([self.start.expand(bins.shape[0], -1, -1), prefix.backbone.embed_tokens(ids[:, :-1])], dim=1)
         return self._bin_logits(prefix, prefix.run_with_suffix(inputs, causal_suffix=True))
 
@@ -112,7 +136,7 @@ class TokenizedHead(ActionHead):
             nxt = categorical_sample(logits, generator) if stochastic else logits.argmax(-1)
             log_prob += torch.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
             bins.append(nxt)
-            token_in = prefix.backbone.embed_tokens((nxt + self.tokens.first_id)[:, None])
+            token_in = prefix.backbone.embed_tokens(self.tokens.ids(nxt)[:, None])
         return torch.stack(bins, 1), log_prob
 
     def sample(self, prefix, generator=None):

@@ -162,13 +162,14 @@ def summarize(grams: dict[str, np.ndarray], groups: np.ndarray, returns: dict[st
     return results
 
 
-def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str | Path | None = None) -> dict:
+def measure(ckpt: str | Path, recipe: str | None, overrides: list[str], out: str | Path | None = None,
+            config_file: str | Path | None = None) -> dict:
     """Rolls out one GRPO iteration's plan (rl.episodes_per_iter episodes in groups of rl.group_size) with
     the checkpoint's RL sampler and reports the noise scale of each parameter group under both baselines."""
     from vla.rl.prepare import check_config, make_pool, plan_iteration, prepare_policy, rollout_generator, \
         rollout_tasks, set_rollout_threads
 
-    policy = prepare_policy(ckpt, recipe, [*overrides, "rl.algo=grpo"])
+    policy = prepare_policy(ckpt, recipe, [*overrides, "rl.algo=grpo"], config_file)
     cfg, rl = policy.cfg, policy.cfg.rl
     check_config(cfg)
     if rl.episodes_per_iter // rl.group_size < 4:

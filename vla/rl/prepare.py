@@ -11,7 +11,7 @@ import torch
 
 from sim.base import REWARD_MODES
 from vla.checkpoint import load_policy
-from vla.config import ConfigError, ExperimentConfig, RLConfig, merge, parse_overrides
+from vla.config import ConfigError, ExperimentConfig, RLConfig, combine_updates, load_yaml, merge, parse_overrides
 from vla.devices import Dist
 from vla.model import Policy
 from vla.rl import grpo, ppo, rft
@@ -22,11 +22,13 @@ ALGOS = {"ppo": ppo, "grpo": grpo, "rft": rft, "td3": None}  # td3: off-policy, 
 FRESH = ("value_head.", "head.noise_std.", "head.mean_net.", "head.log_std", "head.temperature.")
 
 
-def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str]) -> Policy:
-    """The BC checkpoint rebuilt with the RL settings (`rl.*`, head RL knobs, a critic for PPO).
-    recipe 'residual' over a non-residual checkpoint freezes it as the base of a new residual."""
+def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str],
+                   config_file: str | Path | None = None) -> Policy:
+    """The BC checkpoint rebuilt with the RL settings (`rl.*`, head RL knobs, a critic for PPO): the YAML
+    `config_file`'s keys, then `overrides` over them. recipe 'residual' over a non-residual checkpoint freezes
+    it as the base of a new residual."""
     base = load_policy(ckpt)
-    updates = parse_overrides(overrides)
+    updates = combine_updates(load_yaml(config_file) if config_file else {}, parse_overrides(overrides))
     cfg = merge(base.cfg, updates)
     if cfg.sim != base.cfg.sim:
         raise ConfigError(f"{ckpt} was trained in {base.cfg.sim}; RL must run there too: --sim {base.cfg.sim} "

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from vla.checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
-from vla.config import ConfigError
+from vla.checkpoint import latest_checkpoint, load_config, load_training_state, save_training_checkpoint
+from vla.config import ConfigError, ExperimentConfig, differences
 from vla.rl import rft
 from vla.rl.td3 import ResidualTD3
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
@@ -39,6 +39,22 @@ def save_state(root: Path, policy, optimizer, state: dict, offpolicy: ResidualTD
     return save_training_checkpoint(root, state["iteration"], policy, tensors, {**state, **meta}, keep_last=2)
 
 
+# what may change when an RL run resumes: how long it runs, where and on how many workers/envs, and the BC-only
+# settings RL never reads. Anything else (the algorithm, its rates, rewards, the before/after evaluation set)
+# is another experiment: its "after" would be compared with a "before" of other settings.
+RL_RESUMABLE = ("output_dir", "device", "rl.iterations", "rl.workers", "rl.batched_envs", "rl.eval_every",
+                "rl.torch_threads", "rl.ray", "rl.ray_actors", "train.", "data.dataset", "data.cache_in_memory", "eval.")
+
+
+def check_resumable(checkpoint: Path, cfg: ExperimentConfig) -> None:
+    changed = [k for k in differences(load_config(checkpoint), cfg) if not k.startswith(RL_RESUMABLE)]
+    if changed:
+        raise ConfigError(f"{cfg.output_dir} holds an RL run with other settings ({', '.join(changed[:8])}"
+                          f"{' ...' if len(changed) > 8 else ''} differ from {checkpoint}/config.json); resuming it "
+                          "would continue its weights and its before-evaluation under the new settings. Give a new "
+                          "output_dir=, or remove that directory to start over")
+
+
 def resume_state(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None,
             replay: rft.SuccessReplay | None = None, held: dict | None = None) -> dict:
     """The last checkpoint's weights into `policy` and its optimizer state into `optimizer` (or, with
@@ -47,6 +63,7 @@ def resume_state(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = 
     last = latest_checkpoint(root)
     if last is None:
         return state
+    check_resumable(last, policy.cfg)
     from safetensors.torch import load_model
 
     missing, unexpected = load_model(policy, str(last / "model.safetensors"), strict=False)

@@ -46,10 +46,11 @@ def evaluate(policy, cfg: ExperimentConfig, tasks: list[tuple[str, int]], out: P
     return summarize_rows(rows)
 
 
-def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] | None = None) -> dict | None:
+def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] | None = None,
+             config_file: str | Path | None = None) -> dict | None:
     """Runs RL to rl.iterations (resuming if the output has checkpoints) and returns the summary
-    (None on torchrun ranks other than 0, which neither evaluate nor report)."""
-    policy = prepare_policy(ckpt, recipe, overrides or [])
+    (None on torchrun ranks other than 0, which neither evaluate nor report). `config_file`: YAML under `overrides`."""
+    policy = prepare_policy(ckpt, recipe, overrides or [], config_file)
     cfg, rl = policy.cfg, policy.cfg.rl
     check_config(cfg)
     device = pick_device(cfg.device)
