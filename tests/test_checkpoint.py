@@ -61,3 +61,26 @@ def test_training_checkpoints_keep_the_newest_or_all(policy, tmp_path, keep_last
         save_training_checkpoint(tmp_path, step, policy, {"x": torch.zeros(1)}, {"step": step}, keep_last)
     assert sorted(int(p.name.split("_")[1]) for p in tmp_path.glob("step_*")) == kept
     assert latest_checkpoint(tmp_path).name == "step_0000004"
+
+
+def test_weights_of_another_structure_or_format_are_refused(policy, tmp_path):
+    """A config edited after training (another head width) or a checkpoint of another format version must not
+    load with some layers left at their random initialization."""
+    import json
+
+    save_policy(policy, tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["head"]["hidden_dim"] = cfg["head"]["hidden_dim"] * 2
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"does not match the config \(tensor shapes differ\): size mismatch"):
+        load_policy(tmp_path / "ck")
+    cfg["head"]["hidden_dim"] //= 2
+    cfg["head"]["value_head"] = True  # a critic the weights do not hold
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"does not match the config: missing \['value_head"):
+        load_policy(tmp_path / "ck")
+    save_policy(policy, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "meta.json").read_text())
+    (tmp_path / "old" / "meta.json").write_text(json.dumps({**meta, "format_version": -1}))
+    with pytest.raises(CheckpointError, match="checkpoint format -1, expected"):
+        load_policy(tmp_path / "old")

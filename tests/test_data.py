@@ -112,3 +112,24 @@ def test_cameras_of_different_resolutions_load_cached_and_streamed(tmp_path):
     streamed = StreamingFrames(ds, layout, image_size=16).batch([0, 5])
     assert cached["images"].shape == (2, 2, 16, 16, 3) and torch.equal(cached["images"], streamed["images"])
     assert int(cached["images"][1, 0, 0, 0, 0]) == 50 and int(cached["images"][0, 1, 0, 0, 0]) == 200
+
+
+def test_dataset_stats_are_those_of_the_frames_written(synthetic_dataset):
+    """The statistics the normalizer is fitted on: every frame's action and state, as the conftest wrote them
+    (replayed here from its seed), not lerobot's stats.json nor a subset."""
+    rng = np.random.default_rng(0)
+    actions, states = [], []
+    for _ in range(3):  # write_synthetic_dataset's defaults: 3 episodes x 20 frames, 7-dim actions, 8-dim state
+        state = rng.uniform(-1, 1, 8).astype(np.float32)
+        for t in range(20):
+            action = np.tanh(np.resize(state, 7) * 2).astype(np.float32)
+            action[-1] = 1.0 if t > 10 else -1.0
+            actions.append(action)
+            states.append(state.copy())
+            state = (state + 0.05 * rng.standard_normal(8)).astype(np.float32)
+    stats = dataset_stats(open_dataset(str(synthetic_dataset)), use_state=True)
+    for key, values in (("action", np.array(actions)), ("state", np.array(states))):
+        np.testing.assert_allclose(stats[key]["mean"], values.mean(0), atol=1e-6)
+        np.testing.assert_allclose(stats[key]["q01"], np.quantile(values, 0.01, axis=0), atol=1e-6)
+        np.testing.assert_allclose(stats[key]["q99"], np.quantile(values, 0.99, axis=0), atol=1e-6)
+    assert "state" not in dataset_stats(open_dataset(str(synthetic_dataset)), use_state=False)

@@ -65,3 +65,14 @@ def test_unknown_head_lists_valid():
         build_head(HeadConfig(type="mlp"), bb)
     with pytest.raises(ValueError, match="head.oft_output"):
         build_head(HeadConfig(type="oft", oft_output="bins"), bb)
+
+
+def test_token_scores_are_the_categoricals_log_prob_and_entropy():
+    """The entropy feeds RL's entropy bonus; it must be the distribution's, not merely positive."""
+    from vla.heads.tokenized import token_scores
+
+    logits = torch.randn(3, 5, 256, generator=torch.Generator().manual_seed(0)) * 3
+    bins = torch.randint(0, 256, (3, 5), generator=torch.Generator().manual_seed(1))
+    lp, ent = token_scores(logits, bins)
+    dist = torch.distributions.Categorical(logits=logits)
+    assert torch.allclose(lp, dist.log_prob(bins), atol=1e-5) and torch.allclose(ent, dist.entropy(), atol=1e-5)

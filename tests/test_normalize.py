@@ -49,9 +49,36 @@ def test_nan_in_data_and_dim_mismatch_are_errors():
 
 def test_save_load(tmp_path):
     norm, _ = _norm()
+    state = compute_stats(np.random.default_rng(1).uniform(-2, 5, size=(200, 8)), "state")
+    norm = Normalizer({**norm.stats, "state": state}, norm.specs)
     norm.save(tmp_path / "s.safetensors")
     stats = Normalizer.load_stats(tmp_path / "s.safetensors")
-    assert np.allclose(stats["action"]["q99"], norm.stats["action"]["q99"])
+    assert set(stats) == {"action", "state"}
+    for key in stats:  # every statistic of every key, each where it belongs (mean_std reads mean/std, q01_q99 q01/q99)
+        assert set(stats[key]) == {"mean", "std", "min", "max", "q01", "q99"}
+        for name, value in stats[key].items():
+            np.testing.assert_array_equal(value, norm.stats[key][name])
+
+
+def test_stats_are_the_datas_and_mean_std_standardizes():
+    norm, data = _norm("mean_std")
+    st = norm.stats["action"]
+    for name, expect in [("mean", data.mean(0)), ("std", data.std(0)), ("min", data.min(0)), ("max", data.max(0)),
+                         ("q01", np.quantile(data, 0.01, 0)), ("q99", np.quantile(data, 0.99, 0))]:
+        np.testing.assert_allclose(st[name], expect, rtol=1e-5)
+    z = norm.normalize("action", torch.tensor(data, dtype=torch.float32))
+    assert torch.allclose(z.mean(0), torch.zeros(4), atol=1e-4) and torch.allclose(z.std(0, unbiased=False), torch.ones(4), atol=1e-4)
+    assert z.abs().max() > 2.5  # mean_std does not clip (the tails of N(3, 2) are beyond 1 sd)
+
+
+def test_q01_q99_clips_beyond_the_bounds():
+    """Outliers beyond q01/q99 map to exactly -1/1 (they are the 2% of frames the bins/ranges must not chase)."""
+    norm, _ = _norm()
+    st = norm.stats["action"]
+    far = torch.tensor(np.stack([st["q99"] + 5.0, st["q01"] - 5.0]), dtype=torch.float32)
+    y = norm.normalize("action", far)
+    assert torch.equal(y, torch.tensor([[1.0] * 4, [-1.0] * 4]))
+    assert torch.allclose(norm.unnormalize("action", y), torch.tensor(np.stack([st["q99"], st["q01"]])), atol=1e-5)
 
 
 @pytest.mark.parametrize("head", [{"type": "tokenized"}, {"type": "diffusion"}, {"type": "oft", "oft_output": "tokens"}])

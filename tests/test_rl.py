@@ -154,6 +154,39 @@ def test_update_raises_the_log_prob_of_the_advantaged_chunk(head, algo):
         assert logs["value_loss"] > 0
 
 
+def test_kl_penalty_pulls_the_policy_back_toward_the_reference():
+    """rl.kl_coef > 0 with no advantage signal: the only gradient is the k3 KL to the frozen starting policy,
+    so a policy that has drifted from it moves back (and the penalty is logged)."""
+    from vla.rl.objective import reference_copy
+
+    policy = _policy(HEADS["oft_tokens"], "grpo")
+    reference = reference_copy(policy)
+    with torch.no_grad():  # drift away from the reference
+        policy.head.slots.add_(0.5 * torch.randn(policy.head.slots.shape, generator=torch.Generator().manual_seed(0)))
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy(rng.integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8))
+    states = torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32))
+    instructions = ["pick up the bowl"] * 4
+    _, sample, _ = policy.act_rl(images, states, instructions, torch.Generator().manual_seed(0))
+    episodes = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, 0), instructions[j],
+                               [Decision(images[j].numpy(), states[j].numpy(), {k: v[j] for k, v in sample.record.items()},
+                                         float(sample.log_prob[j]), 0.0, 0.0)]) for j in range(4)]
+    batch = flatten(episodes, [np.zeros(1, np.float32)] * 4, [np.zeros(1, np.float32)] * 4)
+
+    def kl_to_reference() -> float:
+        with torch.no_grad():
+            lp = policy.head.evaluate(policy.build_prefix(images, states, instructions), sample.record)[0]
+            ref = reference.head.evaluate(reference.build_prefix(images, states, instructions), sample.record)[0]
+        return float(((ref - lp).exp() - (ref - lp) - 1).mean())
+
+    cfg = policy.cfg.rl
+    cfg.kl_coef, cfg.lr, cfg.epochs, cfg.target_kl = 1.0, 3e-3, 8, None
+    before = kl_to_reference()
+    logs = update(policy, batch, make_optimizer(policy, cfg), cfg, torch.Generator().manual_seed(0), reference=reference)
+    assert logs["kl_ref"] > 0 and abs(logs["pg_loss"]) < 1e-6
+    assert kl_to_reference() < 0.7 * before, (before, kl_to_reference())
+
+
 def test_rft_keeps_only_successful_episodes_with_advantage_one():
     eps = [_episode([0, 1]), _episode([0, 0, 0]), _episode([0, 0, 1])]
     kept, advs, rets, logs = rft.advantages(eps, RLConfig(algo="rft"))

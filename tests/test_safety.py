@@ -95,3 +95,19 @@ def test_bad_limits_are_refused():
         SafetyLimits(workspace_min=(1, 0, 0), workspace_max=(0, 1, 1))
     with pytest.raises(ValueError, match="max_step_m"):
         SafetyLimits(max_step_m=0)
+
+
+def test_a_hold_keeps_the_last_commanded_gripper_and_zero_rotation():
+    """A hold must not open a closed gripper (the object would drop) and is what the recorder labels the tick
+    with; before any command the gripper is 0 (no command yet: the episode is not recorded until one)."""
+    f = SafetyFilter()
+    assert not f.gripper_commanded
+    assert f(np.zeros(6), _obs(), NOW, now=NOW).gripper == 0.0
+    for _ in range(4):  # close, rate-limited to +1 over a few steps
+        f(np.array([0, 0, 0, 0, 0, 0, 1.0]), _obs(), NOW, now=NOW)
+    assert f.gripper_commanded
+    for why in (np.full(7, np.nan), np.zeros(6)):
+        cmd = f(why, _obs(), NOW, now=NOW)
+        assert cmd.hold and cmd.gripper == 1.0 and np.array_equal(cmd.delta_rotvec, np.zeros(3))
+    held = f(np.zeros(7), _obs(joint_vel=2.0), NOW, now=NOW)
+    assert held.hold and held.gripper == 1.0

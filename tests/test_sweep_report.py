@@ -48,7 +48,7 @@ def test_report_counts_ci_and_errors(tmp_path):
     assert summary["tasks"]["libero_spatial/0"]["success_rate"] == 0.75
     assert summary["tasks"]["libero_spatial/1"]["errors"] == 1
     low, high = summary["tasks"]["libero_spatial/0"]["ci95"]
-    assert 0.3 < low < 0.75 < high < 1.0
+    assert (low, high) == pytest.approx((0.3006, 0.9544), abs=5e-4)  # the 95% Wilson interval of 3/4
     assert (tmp_path / "suite_libero_spatial.png").stat().st_size > 1000
     assert "| libero_spatial/0 | 75.0% |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "tasks.csv").read_text().splitlines()[1].startswith("libero_spatial,0,4,3,0.7500")
@@ -99,3 +99,13 @@ def test_agreement_counts_how_many_evaluations_solved_each_shared_episode(tmp_pa
         success_counts([{"a": True}])
     with pytest.raises(ValueError, match="share no episode keys"):
         success_counts([{"a": True}, {"b": True}])
+
+
+def test_wilson_interval_matches_published_values():
+    from vla.eval.stats import wilson_interval
+
+    # 95% Wilson score intervals (z = 1.96): 3/4, 19/20 and 0/20 as tabulated (e.g. Newcombe 1998's method 3)
+    assert wilson_interval(3, 4) == pytest.approx((0.3006, 0.9544), abs=5e-4)
+    assert wilson_interval(19, 20) == pytest.approx((0.7639, 0.9911), abs=5e-4)
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=5e-4)
+    assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=5e-4)

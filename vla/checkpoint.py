@@ -83,8 +83,11 @@ def load_policy(directory: str | Path, device: str | torch.device | None = None)
         raise CheckpointError(f"checkpoint is missing {WEIGHTS}: {directory}")
     try:
         missing, unexpected = load_model(policy, str(weights), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as err:
+    except (SafetensorError, OSError) as err:
         raise CheckpointError(f"corrupt weights file {weights}: {err}") from err
+    except RuntimeError as err:  # torch's load_state_dict: tensors of other shapes than the config builds
+        raise CheckpointError(f"{weights} does not match the config (tensor shapes differ): "
+                              f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}") from err
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not match the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     from vla.devices import pick_device
