@@ -12,6 +12,22 @@ from typing import Protocol
 
 import numpy as np
 
+from sim.libero import quat_to_axis_angle
+
+# (x, y, z, w): a half turn about x, the gripper pointing straight down (LIBERO's home orientation)
+GRIPPER_DOWN_XYZW = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+def libero_rotvec(quat_xyzw: np.ndarray) -> np.ndarray:
+    """The end-effector orientation as LIBERO's 8-dim state holds it: 2 acos(w) times the axis (an angle in
+    [0, 2 pi)) of the quaternion taken in the gripper-down hemisphere. LIBERO's quaternion comes from MuJoCo's
+    kinematic chain and is continuous, so its angle passes pi smoothly as the gripper tilts across straight down;
+    a backend's quaternion has an arbitrary sign, and scipy's as_rotvec (angle <= pi) flips the vector's sign at
+    that very tilt. Both signs of `quat_xyzw` give the same result: LIBERO's for poses within a half turn of
+    gripper-down, i.e. every manipulation pose."""
+    q = np.asarray(quat_xyzw, dtype=np.float64)
+    return quat_to_axis_angle(q if q @ GRIPPER_DOWN_XYZW >= 0 else -q)
+
 
 @dataclass(frozen=True)
 class ActionScale:
@@ -32,7 +48,7 @@ class RobotState:
     joint_positions: np.ndarray  # (7,) rad
     joint_velocities: np.ndarray  # (7,) rad/s
     ee_position: np.ndarray  # (3,) m, base frame
-    ee_rotvec: np.ndarray  # (3,) axis-angle, base frame
+    ee_rotvec: np.ndarray  # (3,) axis-angle as LIBERO computes it (libero_rotvec), base frame
     gripper_width: float  # m
     timestamp: float  # time.monotonic()
 

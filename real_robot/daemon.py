@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from real_robot.base import Robot
+from real_robot.base import ActionScale, Robot
 from real_robot.cameras import Camera, SimCamera, parse_camera_spec
 from real_robot.client import PolicyClient
 from real_robot.control_loop import ControlLoop, LoopConfig
@@ -66,6 +66,22 @@ def limits_from_args(args: argparse.Namespace) -> SafetyLimits:
     return SafetyLimits(**overrides)
 
 
+def served_action_scale(meta: dict) -> ActionScale:
+    """The metres/radians per action unit of the simulator the served checkpoint was trained in (`vla serve`
+    sends them); a server that sends none (an older one, another openpi server) gets LIBERO's, as the start
+    log line shows. A ManiSkill policy run at LIBERO's scale would move half as far and turn 5x as much."""
+    given = meta.get("action_scale")
+    if given is None:
+        return ActionScale()
+    try:
+        scale = ActionScale(float(given["meters"]), float(given["radians"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"the server's action_scale {given!r} is not {{'meters': m, 'radians': r}}") from err
+    if not (0 < scale.meters <= 0.2 and 0 < scale.radians <= 1.0):
+        raise ValueError(f"the server's action_scale {given!r} is outside 0 < meters <= 0.2, 0 < radians <= 1")
+    return scale
+
+
 def make_robot(args: argparse.Namespace) -> Robot:
     if args.robot == "sim":
         from real_robot.sim_panda import SimPanda
@@ -110,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         meta = link.metadata
         log("connected", server=f"{args.host}:{args.port}", metadata=meta)
         chunk = int(meta.get("chunk_size", 0)) or None
+        scale = served_action_scale(meta)
         replan = args.replan or max(1, (chunk or 2) // 2)
         cfg = LoopConfig(rate_hz=args.rate, replan_every=replan, ensemble_k=args.ensemble,
                          policy_timeout_s=args.policy_timeout, frame_timeout_s=args.frame_timeout,
@@ -124,10 +141,11 @@ def run(args: argparse.Namespace) -> int:
 
             recorder = EpisodeRecorder(args.record, args.rate, args.image_size, list(cameras), args.task,
                                        use_videos=not args.images)
-        loop = ControlLoop(robot, cameras, link, cfg, log, limits=limits, recorder=recorder)
+        loop = ControlLoop(robot, cameras, link, cfg, log, limits=limits, scale=scale, recorder=recorder)
         loop.warm_up(args.connect_timeout)
         log("start", robot=args.robot, rate_hz=args.rate, replan_every=replan, ensemble_k=args.ensemble,
-            limits=limits.__dict__, cameras=sorted(cameras), record=str(args.record) if args.record else None)
+            limits=limits.__dict__, action_scale={"meters": scale.meters, "radians": scale.radians},
+            cameras=sorted(cameras), record=str(args.record) if args.record else None)
         for episode in range(args.episodes):
             if stop.is_set():
                 break

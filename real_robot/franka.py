@@ -19,7 +19,7 @@ from dataclasses import replace
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from real_robot.base import Command, RobotObservation, RobotState
+from real_robot.base import Command, RobotObservation, RobotState, libero_rotvec
 
 
 def _import_franky():
@@ -58,7 +58,7 @@ class FrankaRobot:
             joint_positions=np.asarray(joints.position, dtype=float),
             joint_velocities=np.asarray(joints.velocity, dtype=float),
             ee_position=np.asarray(pose.translation, dtype=float),
-            ee_rotvec=Rotation.from_quat(np.asarray(pose.quaternion, dtype=float)).as_rotvec(),  # x, y, z, w
+            ee_rotvec=libero_rotvec(np.asarray(pose.quaternion, dtype=float)),  # franky: x, y, z, w
             gripper_width=float(self._gripper.width),
             timestamp=time.monotonic())
         return RobotObservation(state)

@@ -6,7 +6,8 @@ Every control step the raw policy action is checked against `SafetyLimits`:
 - the translation is clipped to `max_step_m` per step and the target to the workspace box; an arm found
   outside the box is moved back towards it no faster than `max_step_m` per step;
 - the rotation is clipped to `max_step_rad` per step;
-- the gripper command is rate-limited to `max_gripper_delta` per step;
+- the gripper command is binary, the sign of the action (0 keeps the last one), as every backend and LIBERO act
+  on it, and it switches between open and close at most every `min_gripper_switch_s` (no chattering);
 - joint velocities above `max_joint_velocity` -> hold.
 Each clip or hold is reported in `Command.events` (and logged by the daemon), never silent.
 """
@@ -26,7 +27,7 @@ class SafetyLimits:
     workspace_max: tuple[float, float, float] = (0.75, 0.35, 0.60)
     max_step_m: float = 0.02  # per control step (0.3 m/s at 15 Hz)
     max_step_rad: float = 0.15
-    max_gripper_delta: float = 0.5  # per step, in [-1, 1] units
+    min_gripper_switch_s: float = 0.5  # the gripper switches open <-> close at most this often
     max_joint_velocity: float = 1.5  # rad/s, below the Franka's 2.1-2.6 rad/s hardware limits
     max_action_age_s: float = 0.2
     max_frame_age_s: float = 0.2
@@ -35,7 +36,7 @@ class SafetyLimits:
         lo, hi = np.array(self.workspace_min), np.array(self.workspace_max)
         if not np.all(lo < hi):
             raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
-        for name in ("max_step_m", "max_step_rad", "max_gripper_delta", "max_joint_velocity", "max_action_age_s",
+        for name in ("max_step_m", "max_step_rad", "min_gripper_switch_s", "max_joint_velocity", "max_action_age_s",
                      "max_frame_age_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"safety limit {name} must be positive, got {getattr(self, name)}")
@@ -45,7 +46,8 @@ class SafetyLimits:
 class SafetyFilter:
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     scale: ActionScale = field(default_factory=ActionScale)
-    _gripper: float | None = None
+    _gripper: float | None = None  # the last commanded gripper, -1 or +1
+    _switched_at: float = -float("inf")
 
     @property
     def gripper_commanded(self) -> bool:
@@ -56,6 +58,21 @@ class SafetyFilter:
         s = obs.state
         gripper = self._gripper if self._gripper is not None else 0.0
         return Command(s.ee_position.copy(), np.zeros(3), gripper, hold=True, events=(why,))
+
+    def _binary_gripper(self, value: float, now: float, events: list[str]) -> float:
+        """-1 or +1, what is executed and recorded: fractions would be labels no backend acts on (the next
+        fine-tune would learn them). A switch within min_gripper_switch_s of the last one waits."""
+        want = 1.0 if value > 0 else -1.0 if value < 0 else (self._gripper if self._gripper is not None else -1.0)
+        if self._gripper is not None and want != self._gripper:
+            since = now - self._switched_at
+            if since < self.limits.min_gripper_switch_s:
+                events.append(f"clip: gripper switch to {want:+.0f} waits ({since:.2f} s after the last, "
+                              f"min {self.limits.min_gripper_switch_s} s)")
+                return self._gripper
+        if self._gripper is None or want != self._gripper:
+            self._switched_at = now
+        self._gripper = want
+        return want
 
     def __call__(self, action: np.ndarray, obs: RobotObservation, action_time: float, now: float | None = None) -> Command:
         """The command to send for a raw policy `action` computed at `action_time` (monotonic)."""
@@ -103,9 +120,5 @@ class SafetyFilter:
         if angle > self.limits.max_step_rad:
             rot *= self.limits.max_step_rad / angle
             events.append(f"clip: rotation {angle:.3f} rad -> {self.limits.max_step_rad} rad")
-        gripper = float(a[6])
-        if self._gripper is not None and abs(gripper - self._gripper) > self.limits.max_gripper_delta:
-            gripper = self._gripper + np.sign(gripper - self._gripper) * self.limits.max_gripper_delta
-            events.append(f"clip: gripper rate -> {gripper:+.2f}")
-        self._gripper = gripper
+        gripper = self._binary_gripper(float(a[6]), now, events)
         return Command(boxed, rot, gripper, hold=False, events=tuple(events))

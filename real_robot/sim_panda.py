@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from real_robot.base import ActionScale, CameraFrame, Command, RobotObservation, RobotState
+from real_robot.base import ActionScale, CameraFrame, Command, RobotObservation, RobotState, libero_rotvec
 
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}  # our name -> MuJoCo camera
 VISUAL_GEOM_GROUP = 1  # robosuite puts visual meshes in group 1 and collision geoms in group 0
@@ -72,7 +72,7 @@ class SimPanda:
             joint_positions=np.array(env.robots[0]._joint_positions, dtype=float),
             joint_velocities=o["robot0_joint_vel"].astype(float),
             ee_position=o["robot0_eef_pos"] - self._base_pos,
-            ee_rotvec=Rotation.from_quat(quat_xyzw).as_rotvec(),
+            ee_rotvec=libero_rotvec(quat_xyzw),
             gripper_width=float(fingers[0] - fingers[1]),
             timestamp=self._obs_time)
         return RobotObservation(state)

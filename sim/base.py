@@ -1,6 +1,8 @@
 """The env protocol every simulator implements, and the observation it returns.
 
-Images are upright (any simulator-specific flip is undone inside the env), uint8 HxWx3.
+Images are uint8 HxWx3. LIBERO's are rotated 180 degrees from robosuite's OpenGL frame, the convention of
+its hub datasets, openpi and LeRobot: upright, but mirrored left to right (robosuite's frame is only flipped
+vertically), so a LIBERO-trained policy sees its scenes mirrored; real cameras and ManiSkill are not.
 Actions follow the LIBERO convention: 7-dim delta end-effector position (3) + delta axis-angle
 rotation (3) + gripper (-1 open, +1 close), each in [-1, 1].
 """
@@ -15,6 +17,12 @@ import numpy as np
 # sparse: 1 on the success step (what evaluation counts); dense: the simulator's shaped reward
 # (LIBERO: success + a potential-based progress term; ManiSkill: its normalized dense reward), for RL
 REWARD_MODES = ("sparse", "dense")
+
+
+# metres and radians one action unit moves the end effector in each simulator's controller: what a checkpoint's
+# actions mean, so that a deployment executes them at the scale it was trained on (LIBERO: robosuite OSC_POSE's
+# output range; ManiSkill: pd_ee_delta_pose's bounds)
+ACTION_SCALES: dict[str, tuple[float, float]] = {"libero": (0.05, 0.5), "maniskill": (0.1, 0.1)}
 
 
 def check_reward_mode(mode: str) -> None:

@@ -34,13 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sim.base import Observation, StepResult, check_reward_mode
+from sim.base import ACTION_SCALES, Observation, StepResult, check_reward_mode
 
 SUITE = "maniskill"
 ACTION_DIM = 7
 STATE_DIM = 8
-POS_SCALE = 0.1  # metres per action unit (pd_ee_delta_pose pos bounds)
-ROT_SCALE = 0.1  # radians per action unit (pd_ee_delta_pose rot bounds)
+POS_SCALE, ROT_SCALE = ACTION_SCALES["maniskill"]  # metres, radians per action unit (pd_ee_delta_pose bounds)
 NUM_INIT_STATES = 50  # indexed init states per task by convention (eval/RL sample from these)
 CAMERAS = {"agentview": "base_camera", "wrist": "hand_camera"}  # our name -> ManiSkill sensor uid
 ROBOT = "panda_wristcam"

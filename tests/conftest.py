@@ -35,7 +35,11 @@ def write_synthetic_dataset(root, episodes=3, frames=20, image_size=32, action_d
                 action[0] = np.nan
             img = np.full((image_size, image_size, 3), int(128 + 100 * state[0]), dtype=np.uint8)
             frame = {k: img for k in (features.keys()) if k.startswith("observation.images")}
-            frame.update({STATE_KEY: state.copy(), ACTION_KEY: action, "task": task})
+            recorded = state.copy()
+            if state_dim == 8:  # LIBERO-layout fingers (+w/2, -w/2): open, closing once the gripper closes
+                recorded[6] = max(0.04 - 0.01 * max(t - frames // 2, 0), 0.0)
+                recorded[7] = -recorded[6]
+            frame.update({STATE_KEY: recorded, ACTION_KEY: action, "task": task})
             ds.add_frame(frame)
             state = (state + 0.05 * rng.standard_normal(state_dim)).astype(np.float32)
         ds.save_episode()

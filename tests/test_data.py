@@ -125,7 +125,8 @@ def test_dataset_stats_are_those_of_the_frames_written(synthetic_dataset):
             action = np.tanh(np.resize(state, 7) * 2).astype(np.float32)
             action[-1] = 1.0 if t > 10 else -1.0
             actions.append(action)
-            states.append(state.copy())
+            fingers = max(0.04 - 0.01 * max(t - 10, 0), 0.0)  # the conftest's LIBERO-layout fingers
+            states.append(np.r_[state[:6], fingers, -fingers].astype(np.float32))
             state = (state + 0.05 * rng.standard_normal(8)).astype(np.float32)
     stats = dataset_stats(open_dataset(str(synthetic_dataset)), use_state=True)
     for key, values in (("action", np.array(actions)), ("state", np.array(states))):
@@ -133,3 +134,31 @@ def test_dataset_stats_are_those_of_the_frames_written(synthetic_dataset):
         np.testing.assert_allclose(stats[key]["q01"], np.quantile(values, 0.01, axis=0), atol=1e-6)
         np.testing.assert_allclose(stats[key]["q99"], np.quantile(values, 0.99, axis=0), atol=1e-6)
     assert "state" not in dataset_stats(open_dataset(str(synthetic_dataset)), use_state=False)
+
+
+def test_a_gripper_in_another_convention_is_refused_before_training(tmp_path):
+    """The gripper dimension is not normalized and every env and robot acts on its sign: a dataset in OpenVLA's
+    0/1 convention, or with +1 = open, would train without error and then open where it should close."""
+    from vla.data.dataset import check_dataset_gripper
+    from vla.data.gripper_check import check_gripper_convention
+
+    root = write_synthetic_dataset(tmp_path / "ok", episodes=2, frames=12)
+    ds = open_dataset(str(root))
+    check_dataset_gripper(ds, validate_dataset(ds, ["agentview"], 7, use_state=True))
+    # the range: values beyond [-1, 1], and the 0/1 convention
+    episodes = np.repeat(np.arange(4), 10)
+    actions = np.zeros((40, 7))
+    actions[:, 6] = np.tile(np.r_[np.zeros(5), np.ones(5)], 4)  # 0 = close, 1 = open
+    with pytest.raises(ValueError, match="the 0/1 convention"):
+        check_gripper_convention(actions, episodes, None, 6)
+    with pytest.raises(ValueError, match=r"outside \[-1, 1\]"):
+        check_gripper_convention(actions * 255, episodes, None, 6)
+    # the sign, from the fingers (state[6] shrinks as they close): each episode closes at step 5
+    episodes = np.repeat(np.arange(4), 12)
+    state = np.zeros((48, 8))
+    state[:, 6] = np.tile(np.r_[np.full(5, 0.04), np.linspace(0.04, 0.0, 5), [0.0, 0.0]], 4)
+    actions = np.zeros((48, 7))
+    actions[:, 6] = np.tile(np.r_[-np.ones(5), np.ones(7)], 4)  # -1 open, +1 close: the fingers follow
+    check_gripper_convention(actions, episodes, state, 6)
+    with pytest.raises(ValueError, match="after 4 of 4 switches the fingers moved the other way"):
+        check_gripper_convention(-actions, episodes, state, 6)

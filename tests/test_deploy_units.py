@@ -241,6 +241,31 @@ def test_executed_action_and_state_in_the_libero_convention():
     assert np.allclose(libero_state(obs), [0.5, 0, 0.3, 0, 0, 0, 0.04, -0.04])
 
 
+def test_robot_orientation_state_is_libero_s_and_continuous_across_gripper_down():
+    """LIBERO's state holds 2 acos(w) * axis of a continuous quaternion; around gripper-down (a half turn about
+    x) the angle passes pi smoothly. scipy's as_rotvec keeps the angle <= pi, so the vector flips sign as the
+    gripper tilts 0.01 rad either way: recorded datasets and served states would jump by ~2 pi there."""
+    from scipy.spatial.transform import Rotation
+
+    from real_robot.base import libero_rotvec
+    from sim.libero import quat_to_axis_angle
+
+    down = Rotation.from_rotvec([np.pi, 0, 0])
+    tilts = [Rotation.from_rotvec([np.pi + a, 0, 0]) for a in (-0.01, 0.01)]  # rolled 0.01 rad either way
+    ours = [libero_rotvec(r.as_quat()) for r in tilts]
+    assert np.allclose(ours, [[np.pi - 0.01, 0, 0], [np.pi + 0.01, 0, 0]])
+    scipy_vecs = [r.as_rotvec() for r in tilts]  # what the backends used to report: (pi - 0.01) x, then -(pi - 0.01) x
+    assert np.linalg.norm(scipy_vecs[1] - scipy_vecs[0]) > 6.0
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # any sign the backend's quaternion comes with; LIBERO's own (gripper-down hemisphere)
+        q = (Rotation.from_rotvec(rng.normal(size=3) * 0.5) * down).as_quat()
+        libero_q = q if q[0] >= 0 else -q
+        assert np.allclose(libero_rotvec(q), quat_to_axis_angle(libero_q)) and np.allclose(libero_rotvec(-q), libero_rotvec(q))
+    # the LIBERO demos' home pose (angle ~3.142 about x; 59% of their frames are beyond pi)
+    home = np.array([0.9996, -0.0002, -0.0283, -0.0001])
+    assert np.allclose(libero_rotvec(home / np.linalg.norm(home)), quat_to_axis_angle(home / np.linalg.norm(home)))
+
+
 # -- Franka backend: its franky calls, against a stand-in module ---------------------------------
 
 def test_franka_backend_without_franky_says_how_to_install_it(monkeypatch):
@@ -372,3 +397,17 @@ def test_served_policy_without_state_accepts_a_clients_state_and_refuses_empty_i
     empty = np.zeros((0, 0, 3), np.uint8)
     with pytest.raises(ValueError, match="H, W >= 1"):
         infer({**obs, "observation/image": empty, "observation/wrist_image": empty})
+
+
+def test_the_daemon_executes_actions_at_the_served_checkpoints_scale():
+    """A ManiSkill checkpoint's unit is 0.1 m / 0.1 rad, LIBERO's 0.05 m / 0.5 rad: run at the wrong one, the arm
+    moves half as far and turns 5x as much. `vla serve` sends its simulator's; an older server gets LIBERO's."""
+    from real_robot.base import ActionScale
+    from real_robot.daemon import served_action_scale
+    from sim.base import ACTION_SCALES
+
+    assert served_action_scale({"action_scale": {"meters": 0.1, "radians": 0.1}}) == ActionScale(0.1, 0.1)
+    assert served_action_scale({}) == ActionScale() == ActionScale(*ACTION_SCALES["libero"])
+    for bad in ({"meters": 5.0, "radians": 0.1}, {"meters": 0.1}, "0.1"):
+        with pytest.raises(ValueError, match="action_scale"):
+            served_action_scale({"action_scale": bad})

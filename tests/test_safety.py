@@ -65,9 +65,17 @@ def test_translation_rotation_workspace_and_gripper_are_clipped_and_reported():
     # pushing down into the table from just above it stops at the box floor
     cmd = f(np.array([0, 0, -1.0, 0, 0, 0, -1.0]), _obs(pos=(0.5, 0.0, 0.025)), NOW, now=NOW)
     assert cmd.target_position[2] == pytest.approx(limits.workspace_min[2]) and any("workspace" in e for e in cmd.events)
-    # open -> close is rate-limited: -1 -> -0.5 -> 0 -> 0.5 -> 1
-    grips = [f(np.array([0, 0, 0, 0, 0, 0, 1.0]), _obs(), NOW, now=NOW).gripper for _ in range(4)]
-    assert grips == pytest.approx([-0.5, 0.0, 0.5, 1.0])
+    # the gripper is binary (its sign; 0 keeps the last) and switches at most every min_gripper_switch_s
+    def grip(value, t):
+        cmd = f(np.array([0, 0, 0, 0, 0, 0, value]), _obs(frame_age=NOW - t), t, now=t)  # fresh frames at t
+        assert not cmd.hold
+        return cmd.gripper, any("gripper switch" in e for e in cmd.events)
+
+    assert grip(0.3, NOW) == (-1.0, True)  # open since NOW: closing waits
+    assert grip(0.3, NOW + 0.6) == (1.0, False)
+    assert grip(0.0, NOW + 0.7) == (1.0, False) and grip(0.9, NOW + 0.7) == (1.0, False)
+    assert grip(-0.2, NOW + 0.8) == (1.0, True)  # 0.2 s after closing
+    assert grip(-0.2, NOW + 1.2) == (-1.0, False)
 
 
 def test_fuzzed_actions_never_leave_the_limits():
@@ -87,7 +95,8 @@ def test_fuzzed_actions_never_leave_the_limits():
             assert _outside(cmd.target_position, lo, hi) <= _outside(pos, lo, hi) + 1e-12
         assert np.linalg.norm(cmd.target_position - pos) <= limits.max_step_m + 1e-9
         assert np.linalg.norm(cmd.delta_rotvec) <= limits.max_step_rad + 1e-9
-        assert -1.0 <= cmd.gripper <= 1.0 and np.all(np.isfinite(cmd.target_position))
+        assert cmd.gripper in (-1.0, 1.0) or (cmd.hold and cmd.gripper == 0.0)
+        assert np.all(np.isfinite(cmd.target_position))
 
 
 def test_bad_limits_are_refused():
@@ -103,8 +112,7 @@ def test_a_hold_keeps_the_last_commanded_gripper_and_zero_rotation():
     f = SafetyFilter()
     assert not f.gripper_commanded
     assert f(np.zeros(6), _obs(), NOW, now=NOW).gripper == 0.0
-    for _ in range(4):  # close, rate-limited to +1 over a few steps
-        f(np.array([0, 0, 0, 0, 0, 0, 1.0]), _obs(), NOW, now=NOW)
+    f(np.array([0, 0, 0, 0, 0, 0, 1.0]), _obs(), NOW, now=NOW)  # close
     assert f.gripper_commanded
     for why in (np.full(7, np.nan), np.zeros(6)):
         cmd = f(why, _obs(), NOW, now=NOW)

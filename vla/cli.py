@@ -137,8 +137,13 @@ def _run(args) -> int:
         from vla.checkpoint import load_policy
 
         policy = load_policy(args.ckpt)
+        from sim.base import ACTION_SCALES
+
+        # what the actions mean: the daemon executes them at the scale of the simulator the checkpoint was trained in
+        meters, radians = ACTION_SCALES[policy.cfg.sim]
         meta = {"checkpoint": str(args.ckpt), "policy": policy.cfg.policy, "chunk_size": policy.cfg.head.chunk_size,
-                "action_dim": policy.cfg.head.action_dim, "cameras": list(policy.cfg.data.cameras)}
+                "action_dim": policy.cfg.head.action_dim, "cameras": list(policy.cfg.data.cameras),
+                "sim": policy.cfg.sim, "action_scale": {"meters": meters, "radians": radians}}
         run(policy_infer(policy), args.host, args.port, args.api_key, meta)
         return 0
     if args.cmd == "deploy":
@@ -146,7 +151,7 @@ def _run(args) -> int:
 
         try:
             return deploy(args)
-        except (TimeoutError, ConnectionError, ImportError, FileExistsError) as err:
+        except (TimeoutError, ConnectionError, ImportError, FileExistsError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     if args.cmd == "bench":

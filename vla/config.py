@@ -117,6 +117,8 @@ class DataConfig:
     use_state: bool = True
     cache_in_memory: bool = True  # decode every frame once; right for small datasets
     augment_shift: int = 4  # random-shift augmentation in pixels at model resolution (0 = off)
+    # refuse a 7-dim action whose last dimension is not a gripper in -1 open / +1 close (vla/data/gripper_check.py)
+    check_gripper: bool = True
 
 
 @dataclass

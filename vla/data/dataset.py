@@ -85,6 +85,19 @@ def dataset_stats(ds, use_state: bool) -> dict[str, dict[str, np.ndarray]]:
     return stats
 
 
+def check_dataset_gripper(ds, layout: DatasetLayout) -> None:
+    """The last action dimension is a gripper in -1 open / +1 close (vla.data.gripper_check)."""
+    from vla.data.gripper_check import check_gripper_convention
+
+    actions = _column(ds, ACTION_KEY)
+    episodes = np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"])
+    state = _column(ds, STATE_KEY) if STATE_KEY in ds.meta.features else None
+    try:
+        check_gripper_convention(actions, episodes, state, actions.shape[1] - 1)
+    except ValueError as err:
+        raise DatasetError(f"dataset {ds.root}: {err}") from err
+
+
 def action_chunks(actions: np.ndarray, episode: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, A) per-frame actions -> (N, chunk, A) windows that stop at the episode end, plus a pad
     mask; past the end the last action is repeated and marked as padding (as lerobot does)."""

@@ -17,7 +17,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from vla.checkpoint import latest_checkpoint, load_config, load_training_state, norm_specs, save_training_checkpoint
 from vla.config import ConfigError, ExperimentConfig, differences, to_dict, to_yaml
-from vla.data.dataset import EpochSampler, FrameCache, StreamingFrames, dataset_stats, open_dataset, validate_dataset
+from vla.data.dataset import (EpochSampler, FrameCache, StreamingFrames, check_dataset_gripper, dataset_stats, open_dataset,
+                              validate_dataset)
 from vla.devices import pick_device, setup_distributed
 from vla.model import Policy
 from vla.normalize import Normalizer
@@ -67,6 +68,8 @@ class Logger:
 
 def build_policy_for_training(cfg: ExperimentConfig, ds) -> tuple[Policy, object]:
     layout = validate_dataset(ds, cfg.data.cameras, cfg.head.action_dim, cfg.data.use_state)
+    if cfg.data.check_gripper and cfg.head.action_dim == 7:
+        check_dataset_gripper(ds, layout)
     if cfg.head.type == "residual" and cfg.head.residual.base_checkpoint:
         from vla.residual_init import residual_from_base
 
@@ -173,7 +176,8 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
 
 # what may change when a run resumes: how long and how often it saves/logs, where it runs, evaluation and RL
 # settings, where the data lives. Anything else means another experiment, which must not continue this one's weights.
-RESUMABLE = ("output_dir", "device", "data.dataset", "data.cache_in_memory", "eval.", "rl.", "head.sampler",
+RESUMABLE = ("output_dir", "device", "data.dataset", "data.cache_in_memory", "data.check_gripper", "eval.", "rl.",
+             "head.sampler",
              "train.steps", "train.save_every", "train.keep_last", "train.log_every", "train.torch_threads",
              "train.tensorboard", "train.wandb", "train.resume")
 
