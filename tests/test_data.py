@@ -162,3 +162,18 @@ def test_a_gripper_in_another_convention_is_refused_before_training(tmp_path):
     check_gripper_convention(actions, episodes, state, 6)
     with pytest.raises(ValueError, match="after 4 of 4 switches the fingers moved the other way"):
         check_gripper_convention(-actions, episodes, state, 6)
+
+
+def test_a_given_dataset_sets_the_evaluation_render_size(synthetic_dataset):
+    """A 256 px hub dataset evaluated from 128 px renders (demos.image_size's default) would show the policy
+    blurrier images than it trained on; the checkpoint's config takes the dataset's size."""
+    from vla.config import ExperimentConfig, merge
+    from vla.data.dataset import stored_image_size
+    from vla.train.trainer import adopt_render_size
+
+    ds = open_dataset(str(synthetic_dataset))
+    assert stored_image_size(ds, ["agentview", "wrist"]) == 32
+    given = merge(ExperimentConfig(), {"data": {"dataset": str(synthetic_dataset)}})
+    assert given.demos.image_size == 128 and adopt_render_size(given, ds).demos.image_size == 32
+    generated = ExperimentConfig()  # demos generated at demos.image_size: nothing to adopt
+    assert adopt_render_size(generated, ds) is generated

@@ -12,6 +12,7 @@ from vla.rl.buffer import flatten
 from vla.rl.objective import clip_range, clipped_surrogate, make_optimizer, update
 from vla.rl.rollout import Decision, EpisodeRollout, PlannedEpisode
 from vla.random_policy import random_policy
+from rl_batches import one_decision_episodes
 
 
 def _episode(rewards, group=0, values=None, instruction="put the bowl on the plate"):
@@ -129,16 +130,7 @@ def test_update_raises_the_log_prob_of_the_advantaged_chunk(head, algo):
     if algo == "grpo" and head not in ("tokenized", "flow_sde"):
         pytest.skip("GRPO shares PPO's update; two heads cover it")
     policy = _policy(HEADS[head], algo)
-    rng = np.random.default_rng(1)
-    images = torch.from_numpy(rng.integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8))
-    states = torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32))
-    instructions = ["pick up the bowl"] * 4
-    _, sample, value = policy.act_rl(images, states, instructions, torch.Generator().manual_seed(0))
-    episodes = []
-    for j in range(4):  # one single-decision episode per row; rewards 1, 0, 0.5, 0.5
-        d = Decision(images[j].numpy(), states[j].numpy(), {k: v[j] for k, v in sample.record.items()},
-                     float(sample.log_prob[j]), float(value[j]) if value is not None else 0.0, [1.0, 0.0, 0.5, 0.5][j])
-        episodes.append(EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, 0), instructions[j], [d]))
+    (images, states, instructions), sample, episodes = one_decision_episodes(policy, [1.0, 0.0, 0.5, 0.5], seed=1)
     kept, advs, rets, _ = (ppo if algo == "ppo" else grpo).advantages(episodes, policy.cfg.rl)
     assert advs[0][0] > 0 > advs[1][0]
     batch = flatten(kept, advs, rets)
@@ -163,14 +155,7 @@ def test_kl_penalty_pulls_the_policy_back_toward_the_reference():
     reference = reference_copy(policy)
     with torch.no_grad():  # drift away from the reference
         policy.head.slots.add_(0.5 * torch.randn(policy.head.slots.shape, generator=torch.Generator().manual_seed(0)))
-    rng = np.random.default_rng(2)
-    images = torch.from_numpy(rng.integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8))
-    states = torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32))
-    instructions = ["pick up the bowl"] * 4
-    _, sample, _ = policy.act_rl(images, states, instructions, torch.Generator().manual_seed(0))
-    episodes = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, 0), instructions[j],
-                               [Decision(images[j].numpy(), states[j].numpy(), {k: v[j] for k, v in sample.record.items()},
-                                         float(sample.log_prob[j]), 0.0, 0.0)]) for j in range(4)]
+    (images, states, instructions), sample, episodes = one_decision_episodes(policy, [0.0] * 4, seed=2)
     batch = flatten(episodes, [np.zeros(1, np.float32)] * 4, [np.zeros(1, np.float32)] * 4)
 
     def kl_to_reference() -> float:
@@ -200,15 +185,8 @@ def test_rft_update_raises_the_likelihood_of_the_successful_chunks(head):
     """Self-imitation: the successful episodes' sampled chunks become more likely, failures are not in the batch."""
     policy = _policy(HEADS[head], "rft")
     policy.cfg.rl.epochs = 2
-    rng = np.random.default_rng(3)
-    images = torch.from_numpy(rng.integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8))
-    states = torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32))
-    instructions = ["pick up the bowl"] * 4
-    _, sample, _ = policy.act_rl(images, states, instructions, torch.Generator().manual_seed(0))
-    episodes = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, 0), instructions[j],
-                               [Decision(images[j].numpy(), states[j].numpy(), {k: v[j] for k, v in sample.record.items()},
-                                         float(sample.log_prob[j]), 0.0, float(j < 2))], success=j < 2)
-                for j in range(4)]
+    (images, states, instructions), sample, episodes = one_decision_episodes(
+        policy, [1.0, 1.0, 0.0, 0.0], seed=3, successes=[True, True, False, False])
     kept, advs, rets, _ = rft.advantages(episodes, policy.cfg.rl)
     assert len(kept) == 2
     before = policy.head.evaluate(policy.build_prefix(images, states, instructions), sample.record)[0].detach()
@@ -248,14 +226,7 @@ def test_rft_replay_keeps_the_last_successes_and_survives_a_checkpoint(tmp_path)
 
 def _fixed_batch(policy: Policy, rows: int = 8):
     """A rollout of `rows` one-decision episodes with alternating advantages, sampled by `policy`."""
-    rng = np.random.default_rng(2)
-    images = torch.from_numpy(rng.integers(0, 255, (rows, 2, 32, 32, 3), dtype=np.uint8))
-    states = torch.from_numpy(rng.normal(size=(rows, 8)).astype(np.float32))
-    instructions = ["pick up the bowl"] * rows
-    _, sample, _ = policy.act_rl(images, states, instructions, torch.Generator().manual_seed(0))
-    episodes = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, 0), instructions[j],
-                               [Decision(images[j].numpy(), states[j].numpy(), {k: v[j] for k, v in sample.record.items()},
-                                         float(sample.log_prob[j]), 0.0, float(j % 2))]) for j in range(rows)]
+    _, _, episodes = one_decision_episodes(policy, [float(j % 2) for j in range(rows)], seed=2)
     return flatten(episodes, [np.array([1.0 if j % 2 else -1.0]) for j in range(rows)], [np.zeros(1)] * rows)
 
 

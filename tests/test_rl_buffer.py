@@ -14,6 +14,7 @@ from vla.rl.objective import make_optimizer, update
 from vla.rl.prepare import ALGOS
 from vla.rl.rollout import Decision, EpisodeRollout, PlannedEpisode, RolloutStats
 from vla.rl.trainer import _rollout
+from rl_batches import one_decision_episodes
 
 
 def _episode(rewards, instruction="put the bowl on the plate", group=0, values=None, first_state=0.0):
@@ -102,14 +103,7 @@ def test_entropy_bonus_raises_the_heads_entropy():
     policy = random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 2, "type": "oft", "oft_output": "tokens"},
                             "rl": {"algo": "grpo", "epochs": 1, "minibatch_size": 4, "lr": 1e-3, "entropy_coef": 1.0,
                                    "target_kl": None}})
-    rng = np.random.default_rng(4)
-    images = torch.from_numpy(rng.integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8))
-    states = torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32))
-    instructions = ["pick up the bowl"] * 4
-    _, sample, _ = policy.act_rl(images, states, instructions, torch.Generator().manual_seed(0))
-    episodes = [EpisodeRollout(PlannedEpisode("libero_spatial", 0, 0, 0), instructions[j],
-                               [Decision(images[j].numpy(), states[j].numpy(), {k: v[j] for k, v in sample.record.items()},
-                                         float(sample.log_prob[j]), 0.0, 0.0)]) for j in range(4)]
+    (images, states, instructions), sample, episodes = one_decision_episodes(policy, [0.0] * 4, seed=4)
     batch = flatten(episodes, [np.zeros(1)] * 4, [np.zeros(1)] * 4)
 
     def entropy() -> float:

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from vla.config import ConfigError, ExperimentConfig, from_dict, to_dict
+from vla.config import ConfigError, ExperimentConfig, differences, from_dict, to_dict
 from vla.normalize import KeySpec, Normalizer
 
 FORMAT_VERSION = 1
@@ -56,6 +56,17 @@ def load_config(directory: Path) -> ExperimentConfig:
         return from_dict(_read_json(Path(directory) / CONFIG))
     except ConfigError as err:
         raise CheckpointError(f"checkpoint {directory} has an invalid config: {err}") from err
+
+
+def refuse_other_experiment(checkpoint: Path, cfg: ExperimentConfig, resumable: tuple[str, ...], run: str,
+                            continuing: str, remedy: str) -> None:
+    """ConfigError naming the keys (other than the `resumable` prefixes) in which `cfg` differs from the config
+    the checkpoint was saved with: resuming would continue another experiment under this one's name."""
+    changed = [k for k in differences(load_config(checkpoint), cfg) if not k.startswith(resumable)]
+    if changed:
+        raise ConfigError(f"{cfg.output_dir} holds {run} with other settings ({', '.join(changed[:8])}"
+                          f"{' ...' if len(changed) > 8 else ''} differ from {checkpoint}/config.json); resuming it "
+                          f"would continue {continuing} under the new settings. Give a new output_dir=, or {remedy}")
 
 
 def load_policy(directory: str | Path, device: str | torch.device | None = None):

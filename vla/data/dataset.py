@@ -85,6 +85,17 @@ def dataset_stats(ds, use_state: bool) -> dict[str, dict[str, np.ndarray]]:
     return stats
 
 
+def stored_image_size(ds, cameras: list[str]) -> int | None:
+    """The largest stored height of the policy's cameras (None when the features do not say)."""
+    sizes = []
+    for cam in cameras:
+        feature = ds.meta.features.get(CAMERA_TO_KEY.get(cam, cam), {})
+        shape, names = feature.get("shape"), feature.get("names") or []
+        if shape:
+            sizes.append(int(shape[names.index("height")] if "height" in names else shape[0]))
+    return max(sizes) if sizes else None
+
+
 def check_dataset_gripper(ds, layout: DatasetLayout) -> None:
     """The last action dimension is a gripper in -1 open / +1 close (vla.data.gripper_check)."""
     from vla.data.gripper_check import check_gripper_convention

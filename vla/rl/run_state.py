@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from vla.checkpoint import latest_checkpoint, load_config, load_training_state, save_training_checkpoint
-from vla.config import ConfigError, ExperimentConfig, differences
+from vla.checkpoint import latest_checkpoint, load_training_state, refuse_other_experiment, save_training_checkpoint
+from vla.config import ConfigError, ExperimentConfig
 from vla.rl import rft
 from vla.rl.td3 import ResidualTD3
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
@@ -47,12 +47,8 @@ RL_RESUMABLE = ("output_dir", "device", "rl.iterations", "rl.workers", "rl.batch
 
 
 def check_resumable(checkpoint: Path, cfg: ExperimentConfig) -> None:
-    changed = [k for k in differences(load_config(checkpoint), cfg) if not k.startswith(RL_RESUMABLE)]
-    if changed:
-        raise ConfigError(f"{cfg.output_dir} holds an RL run with other settings ({', '.join(changed[:8])}"
-                          f"{' ...' if len(changed) > 8 else ''} differ from {checkpoint}/config.json); resuming it "
-                          "would continue its weights and its before-evaluation under the new settings. Give a new "
-                          "output_dir=, or remove that directory to start over")
+    refuse_other_experiment(checkpoint, cfg, RL_RESUMABLE, "an RL run", "its weights and its before-evaluation",
+                            "remove that directory to start over")
 
 
 def resume_state(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None,

@@ -15,10 +15,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from vla.checkpoint import latest_checkpoint, load_config, load_training_state, norm_specs, save_training_checkpoint
-from vla.config import ConfigError, ExperimentConfig, differences, to_dict, to_yaml
+from vla.checkpoint import (latest_checkpoint, load_training_state, norm_specs, refuse_other_experiment,
+                            save_training_checkpoint)
+from vla.config import ConfigError, ExperimentConfig, merge, to_dict, to_yaml
 from vla.data.dataset import (EpochSampler, FrameCache, StreamingFrames, check_dataset_gripper, dataset_stats, open_dataset,
-                              validate_dataset)
+                              stored_image_size, validate_dataset)
 from vla.devices import pick_device, setup_distributed
 from vla.model import Policy
 from vla.normalize import Normalizer
@@ -87,6 +88,18 @@ def build_policy_for_training(cfg: ExperimentConfig, ds) -> tuple[Policy, object
     return policy, layout
 
 
+def adopt_render_size(cfg: ExperimentConfig, ds) -> ExperimentConfig:
+    """Evaluation, RL and sweeps render the simulator at demos.image_size; for a given dataset that is the size
+    its images are stored at, so the policy sees the same resampling in both (a 256 px hub dataset evaluated
+    from 128 px renders would see blurrier images than it trained on)."""
+    size = stored_image_size(ds, cfg.data.cameras)
+    if not cfg.data.dataset or size is None or size == cfg.demos.image_size:
+        return cfg
+    print(f"[train] evaluation renders at the dataset's {size} px (demos.image_size {cfg.demos.image_size} -> {size})",
+          flush=True)
+    return merge(cfg, {"demos": {"image_size": size}})
+
+
 def train(cfg: ExperimentConfig, dataset: str) -> Path:
     """Train to cfg.train.steps (resuming from the last checkpoint if any); returns the last checkpoint."""
     if cfg.train.torch_threads > 0:
@@ -97,6 +110,8 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
         from vla.residual_init import adopt_base_config
 
         cfg = adopt_base_config(cfg)  # the dataset is read with the base's cameras, proprio and chunk size
+    ds = open_dataset(dataset, cfg.head.chunk_size)
+    cfg = adopt_render_size(cfg, ds)
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
     if ddp.main:
@@ -105,7 +120,6 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
         print(f"resolved config:\n{to_yaml(cfg)}", flush=True)
 
     torch.manual_seed(cfg.train.seed)
-    ds = open_dataset(dataset, cfg.head.chunk_size)
     policy, layout = build_policy_for_training(cfg, ds)
     policy.to(device)
     if cfg.data.cache_in_memory:
@@ -183,12 +197,8 @@ RESUMABLE = ("output_dir", "device", "data.dataset", "data.cache_in_memory", "da
 
 
 def _check_resumable(checkpoint: Path, cfg: ExperimentConfig) -> None:
-    changed = [k for k in differences(load_config(checkpoint), cfg) if not k.startswith(RESUMABLE)]
-    if changed:
-        raise ConfigError(f"{cfg.output_dir} holds a run trained with other settings ({', '.join(changed[:8])}"
-                          f"{' ...' if len(changed) > 8 else ''} differ from {checkpoint}/config.json); resuming it "
-                          "would continue its weights under the new settings. Give a new output_dir=, or "
-                          "train.resume=false to start over there")
+    refuse_other_experiment(checkpoint, cfg, RESUMABLE, "a run trained", "its weights",
+                            "train.resume=false to start over there")
 
 
 def _save(root, step, policy, optimizer, scheduler, sampler, aug_gen, keep_last) -> Path:
