@@ -14,15 +14,19 @@ torch.set_num_threads(1)  # 2 cores: keep tests from oversubscribing them
 
 
 def write_synthetic_dataset(root, episodes=3, frames=20, image_size=32, action_dim=7, state_dim=8,
-                            use_videos=False, seed=0, task="pick up the bowl", nan_at=None):
-    """A LIBERO-layout LeRobot dataset whose actions are a smooth function of the state."""
+                            use_videos=False, seed=0, task="pick up the bowl", nan_at=None, keys=None):
+    """A LIBERO-layout LeRobot dataset whose actions are a smooth function of the state; `keys` (a
+    vla.data.features.DatasetKeys) stores the same frames under another layout's keys."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from vla.data.features import ACTION_KEY, STATE_KEY, libero_features
+    from vla.data.features import ACTION_KEY, AGENTVIEW_KEY, STATE_KEY, WRIST_KEY, DatasetKeys, libero_features
 
-    features = libero_features(image_size, use_videos=use_videos)
-    features[ACTION_KEY]["shape"] = (action_dim,)
-    features[STATE_KEY]["shape"] = (state_dim,)
+    keys = keys or DatasetKeys()
+    rename = {AGENTVIEW_KEY: keys.camera("agentview"), WRIST_KEY: keys.camera("wrist"), STATE_KEY: keys.state,
+              ACTION_KEY: keys.action}
+    features = {rename.get(k, k): v for k, v in libero_features(image_size, use_videos=use_videos).items()}
+    features[keys.action]["shape"] = (action_dim,)
+    features[keys.state]["shape"] = (state_dim,)
     ds = LeRobotDataset.create(repo_id="test/synthetic", fps=20, root=root, features=features,
                                robot_type="panda", use_videos=use_videos)
     rng = np.random.default_rng(seed)
@@ -34,12 +38,12 @@ def write_synthetic_dataset(root, episodes=3, frames=20, image_size=32, action_d
             if nan_at is not None and (ep, t) == nan_at:
                 action[0] = np.nan
             img = np.full((image_size, image_size, 3), int(128 + 100 * state[0]), dtype=np.uint8)
-            frame = {k: img for k in (features.keys()) if k.startswith("observation.images")}
+            frame = {rename[AGENTVIEW_KEY]: img, rename[WRIST_KEY]: 255 - img}  # the wrist's differs
             recorded = state.copy()
             if state_dim == 8:  # LIBERO-layout fingers (+w/2, -w/2): open, closing once the gripper closes
                 recorded[6] = max(0.04 - 0.01 * max(t - frames // 2, 0), 0.0)
                 recorded[7] = -recorded[6]
-            frame.update({STATE_KEY: recorded, ACTION_KEY: action, "task": task})
+            frame.update({keys.state: recorded, keys.action: action, "task": task})
             ds.add_frame(frame)
             state = (state + 0.05 * rng.standard_normal(state_dim)).astype(np.float32)
         ds.save_episode()

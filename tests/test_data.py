@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import write_synthetic_dataset
-from vla.data.dataset import DatasetError, EpochSampler, FrameCache, action_chunks, dataset_stats, open_dataset, validate_dataset
+from vla.data.dataset import (DatasetError, EpochSampler, FrameCache, StreamingFrames, action_chunks, check_dataset_gripper,
+                              dataset_stats, open_dataset, validate_dataset)
 
 
 def test_action_chunks_stop_at_episode_end_with_padding():
@@ -177,3 +178,47 @@ def test_a_given_dataset_sets_the_evaluation_render_size(synthetic_dataset):
     assert given.demos.image_size == 128 and adopt_render_size(given, ds).demos.image_size == 32
     generated = ExperimentConfig()  # demos generated at demos.image_size: nothing to adopt
     assert adopt_render_size(generated, ds) is generated
+
+
+def test_a_dataset_in_another_layout_reads_through_its_keys(synthetic_dataset, tmp_path):
+    """openpi's LIBERO dataset keeps the same inputs under image/wrist_image/state/actions: refused with the
+    overrides that read it, and read through them it gives the very batches of the LIBERO layout."""
+    from vla.config import ConfigError, ExperimentConfig, merge
+    from vla.data.features import KNOWN_LAYOUTS, DatasetKeys
+    from vla.experiment import check_choices
+
+    openpi = KNOWN_LAYOUTS["openpi's LIBERO (physical-intelligence/libero)"]
+    root = write_synthetic_dataset(tmp_path / "openpi", keys=openpi)
+    plain = open_dataset(str(root), chunk_size=8, action_key="actions")
+    with pytest.raises(DatasetError, match=r"This is openpi's LIBERO \(physical-intelligence/libero\)'s layout: add "
+                                           r"data.camera_keys=\{agentview: image, wrist: wrist_image\} "
+                                           r"data.state_key=state data.action_key=actions"):
+        validate_dataset(plain, ["agentview", "wrist"], 7, use_state=True)
+    layout = validate_dataset(plain, ["agentview", "wrist"], 7, use_state=True, keys=openpi)
+    ours = open_dataset(str(synthetic_dataset), chunk_size=8)
+    ours_layout = validate_dataset(ours, ["agentview", "wrist"], 7, use_state=True)
+    a, b = FrameCache(plain, layout, 8, 16).batch([0, 19, 20]), FrameCache(ours, ours_layout, 8, 16).batch([0, 19, 20])
+    streamed = StreamingFrames(plain, layout, 16).batch([0, 19, 20])
+    for key in ("images", "state", "action", "action_pad"):
+        assert torch.equal(a[key], b[key]) and torch.allclose(streamed[key].float(), b[key].float(), atol=2), key
+    assert not torch.equal(a["images"][:, 0], a["images"][:, 1])  # the cameras are not read from one key
+    stats = dataset_stats(plain, True, openpi)
+    np.testing.assert_array_equal(stats["action"]["q99"], dataset_stats(ours, True)["action"]["q99"])
+    check_dataset_gripper(plain, layout)
+    # the override itself, as a user writes it, and a camera name the policy does not read
+    cfg = merge(ExperimentConfig(), {"data": {"camera_keys": {"agentview": "image", "wrist": "wrist_image"},
+                                              "state_key": "state", "action_key": "actions"}})
+    assert DatasetKeys.from_config(cfg.data) == openpi
+    with pytest.raises(ConfigError, match=r"data.camera_keys maps camera\(s\) \['front'\] the policy does not read"):
+        check_choices(merge(ExperimentConfig(), {"data": {"camera_keys": {"front": "image"}}}))
+
+
+def test_an_older_lerobot_format_is_refused_with_where_to_get_or_convert_it(tmp_path):
+    import json
+
+    root = tmp_path / "libero_v20"
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v2.0", "fps": 10}))
+    with pytest.raises(DatasetError, match=r"LeRobot format v2.0; the installed lerobot reads only v3.0.*"
+                                           r"lerobot/libero or HuggingFaceVLA/libero.*convert_dataset_v21_to_v30"):
+        open_dataset(str(root), chunk_size=4)

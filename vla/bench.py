@@ -29,7 +29,7 @@ def bench_env_steps(steps: int) -> list[dict]:
     from sim import make_env
 
     rows = []
-    env = make_env("libero", "libero_spatial", 0, image_size=128)
+    env = make_env("libero", "libero_spatial", 0, image_size=128, max_steps=10_000)  # both rows in one episode
     env.reset(0)
     noop = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
     rows.append({"what": "LIBERO libero_spatial/0, 2 cameras 128x128", "steps_per_s": _rate(lambda: env.step(noop), steps)})

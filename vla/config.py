@@ -119,6 +119,11 @@ class DataConfig:
     augment_shift: int = 4  # random-shift augmentation in pixels at model resolution (0 = off)
     # refuse a 7-dim action whose last dimension is not a gripper in -1 open / +1 close (vla/data/gripper_check.py)
     check_gripper: bool = True
+    # where the dataset keeps its inputs, when not in the LIBERO layout (vla/data/features.py): camera role ->
+    # key, e.g. {agentview: image, wrist: wrist_image}; the state and action keys
+    camera_keys: dict[str, str] = field(default_factory=dict)
+    state_key: str = "observation.state"
+    action_key: str = "action"
 
 
 @dataclass
@@ -280,6 +285,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping of {sorted(_field_types(tp))}, got {value!r}")
         return merge(tp(), value, path)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, f"{path} key"): _coerce(v, value_tp, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):

@@ -46,6 +46,10 @@ def check_choices(cfg: ExperimentConfig) -> None:
     for key, value, valid in choices:
         if value not in valid:
             raise ConfigError(f"{key} '{value}' is unknown; valid: {', '.join(valid)}")
+    unused = sorted(set(cfg.data.camera_keys) - set(cfg.data.cameras))
+    if unused:
+        raise ConfigError(f"data.camera_keys maps camera(s) {unused} the policy does not read (data.cameras="
+                          f"{cfg.data.cameras}); its keys are camera names, its values the dataset's keys")
 
 
 def demo_dataset_dir(cfg: ExperimentConfig) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vla.data.features import ACTION_KEY, CAMERA_TO_KEY, STATE_KEY
+from vla.data.features import ACTION_KEY, KNOWN_LAYOUTS, DatasetKeys
 from vla.normalize import compute_stats
 
 
@@ -22,23 +22,43 @@ class DatasetError(ValueError):
     """A dataset that does not match what the policy expects."""
 
 
-def open_dataset(source: str, chunk_size: int | None = None):
-    """LeRobotDataset from a local directory (with meta/info.json) or a Hub repo id."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+def _format_error(source: str, version: str | None) -> DatasetError:
+    found = f"LeRobot format {version}" if version else "an older LeRobot format"
+    return DatasetError(
+        f"dataset {source} is {found}; the installed lerobot reads only v3.0. The same LIBERO demonstrations are on "
+        f"the Hub in v3.0 as lerobot/libero or HuggingFaceVLA/libero (their wrist camera: data.camera_keys={{wrist: "
+        f"observation.images.image2}}); or convert a v2.1 dataset with `python -m "
+        f"lerobot.datasets.v30.convert_dataset_v21_to_v30 --repo-id=<name> --root=<its parent directory> "
+        f"--push-to-hub=false` (a v2.0 one needs lerobot<0.4's convert_dataset_v20_to_v21 first)")
+
+
+def open_dataset(source: str, chunk_size: int | None = None, action_key: str = ACTION_KEY):
+    """LeRobotDataset from a local directory (with meta/info.json) or a Hub repo id; `chunk_size` opens it with
+    an action window of that many steps on `action_key`."""
+    import json
+
+    from lerobot.datasets.backward_compatibility import CompatibilityError
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
     path = Path(source).expanduser()
-    delta = None
-    if chunk_size is not None:
-        # fps is read from the metadata first so the time window matches the dataset's rate
-        from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-
-        meta = LeRobotDatasetMetadata(path.name, root=path) if path.is_dir() else LeRobotDatasetMetadata(source)
-        delta = {ACTION_KEY: [i / meta.fps for i in range(chunk_size)]}
     if path.exists():
-        if not (path / "meta" / "info.json").is_file():
+        info = path / "meta" / "info.json"
+        if not info.is_file():
             raise DatasetError(f"{path} is not a LeRobot dataset (no meta/info.json)")
-        return LeRobotDataset(path.name, root=path, delta_timestamps=delta)
-    return LeRobotDataset(source, delta_timestamps=delta)
+        version = str(json.loads(info.read_text()).get("codebase_version", ""))
+        if not version.startswith("v3"):
+            raise _format_error(source, version or None)
+    try:
+        delta = None
+        if chunk_size is not None:
+            # fps is read from the metadata first so the time window matches the dataset's rate
+            meta = LeRobotDatasetMetadata(path.name, root=path) if path.is_dir() else LeRobotDatasetMetadata(source)
+            delta = {action_key: [i / meta.fps for i in range(chunk_size)]}
+        if path.exists():
+            return LeRobotDataset(path.name, root=path, delta_timestamps=delta)
+        return LeRobotDataset(source, delta_timestamps=delta)
+    except (CompatibilityError, NotImplementedError) as err:  # a Hub dataset in an older format
+        raise _format_error(source, None) from err
 
 
 @dataclass(frozen=True)
@@ -46,50 +66,63 @@ class DatasetLayout:
     camera_keys: tuple[str, ...]
     state_dim: int
     action_dim: int
+    keys: DatasetKeys = DatasetKeys()
 
 
-def validate_dataset(ds, cameras: list[str], action_dim: int, use_state: bool) -> DatasetLayout:
-    """Check the features the policy needs; every problem found is listed in one error."""
+def validate_dataset(ds, cameras: list[str], action_dim: int, use_state: bool,
+                     keys: DatasetKeys = DatasetKeys()) -> DatasetLayout:
+    """Check the features the policy needs; every problem found is listed in one error, with the overrides
+    for a known LIBERO layout whose keys the dataset has."""
     features = ds.meta.features
     problems = []
     camera_keys = []
     for cam in cameras:
-        key = CAMERA_TO_KEY.get(cam, cam)
+        key = keys.camera(cam)
         camera_keys.append(key)
         if key not in features:
             problems.append(f"camera '{cam}' needs key '{key}'")
-    if ACTION_KEY not in features:
-        problems.append(f"missing '{ACTION_KEY}'")
-    elif tuple(features[ACTION_KEY]["shape"]) != (action_dim,):
-        problems.append(f"'{ACTION_KEY}' has shape {tuple(features[ACTION_KEY]['shape'])}, the policy expects ({action_dim},)")
+    if keys.action not in features:
+        problems.append(f"missing '{keys.action}'")
+    elif tuple(features[keys.action]["shape"]) != (action_dim,):
+        problems.append(f"'{keys.action}' has shape {tuple(features[keys.action]['shape'])}, the policy expects ({action_dim},)")
     state_dim = 0
     if use_state:
-        if STATE_KEY not in features:
-            problems.append(f"missing '{STATE_KEY}' (set data.use_state=false to train without proprio)")
+        if keys.state not in features:
+            problems.append(f"missing '{keys.state}' (set data.use_state=false to train without proprio)")
         else:
-            state_dim = int(np.prod(features[STATE_KEY]["shape"]))
+            state_dim = int(np.prod(features[keys.state]["shape"]))
+    if len(set(camera_keys)) < len(camera_keys):
+        problems.append(f"two cameras read the same key ({camera_keys})")
     if problems:
-        raise DatasetError(f"dataset {ds.root}: " + "; ".join(problems) + f". It has keys: {sorted(features)}")
-    return DatasetLayout(tuple(camera_keys), state_dim, action_dim)
+        known = [f" This is {name}'s layout: add {layout.overrides()}." for name, layout in KNOWN_LAYOUTS.items()
+                 if layout != keys and _has_keys(features, layout, cameras, use_state)]
+        raise DatasetError(f"dataset {ds.root}: " + "; ".join(problems) + f". It has keys: {sorted(features)}."
+                           + "".join(known))
+    return DatasetLayout(tuple(camera_keys), state_dim, action_dim, keys)
+
+
+def _has_keys(features, keys: DatasetKeys, cameras: list[str], use_state: bool) -> bool:
+    needed = [keys.camera(c) for c in cameras] + [keys.action] + ([keys.state] if use_state else [])
+    return all(k in features for k in needed)
 
 
 def _column(ds, key: str) -> np.ndarray:
     return np.stack(ds.hf_dataset.with_format("numpy")[key]).astype(np.float32)
 
 
-def dataset_stats(ds, use_state: bool) -> dict[str, dict[str, np.ndarray]]:
+def dataset_stats(ds, use_state: bool, keys: DatasetKeys = DatasetKeys()) -> dict[str, dict[str, np.ndarray]]:
     """Statistics from the raw columns (not lerobot's stats.json: we check them for NaNs ourselves)."""
-    stats = {"action": compute_stats(_column(ds, ACTION_KEY), ACTION_KEY)}
+    stats = {"action": compute_stats(_column(ds, keys.action), keys.action)}
     if use_state:
-        stats["state"] = compute_stats(_column(ds, STATE_KEY), STATE_KEY)
+        stats["state"] = compute_stats(_column(ds, keys.state), keys.state)
     return stats
 
 
-def stored_image_size(ds, cameras: list[str]) -> int | None:
+def stored_image_size(ds, cameras: list[str], keys: DatasetKeys = DatasetKeys()) -> int | None:
     """The largest stored height of the policy's cameras (None when the features do not say)."""
     sizes = []
     for cam in cameras:
-        feature = ds.meta.features.get(CAMERA_TO_KEY.get(cam, cam), {})
+        feature = ds.meta.features.get(keys.camera(cam), {})
         shape, names = feature.get("shape"), feature.get("names") or []
         if shape:
             sizes.append(int(shape[names.index("height")] if "height" in names else shape[0]))
@@ -100,9 +133,9 @@ def check_dataset_gripper(ds, layout: DatasetLayout) -> None:
     """The last action dimension is a gripper in -1 open / +1 close (vla.data.gripper_check)."""
     from vla.data.gripper_check import check_gripper_convention
 
-    actions = _column(ds, ACTION_KEY)
+    actions = _column(ds, layout.keys.action)
     episodes = np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"])
-    state = _column(ds, STATE_KEY) if STATE_KEY in ds.meta.features else None
+    state = _column(ds, layout.keys.state) if layout.keys.state in ds.meta.features else None
     try:
         check_gripper_convention(actions, episodes, state, actions.shape[1] - 1)
     except ValueError as err:
@@ -144,13 +177,13 @@ class FrameCache:
             self.images[i:i + len(u8)] = u8
             i += len(u8)
         episode = np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"])
-        acts, pad = action_chunks(_column(ds, ACTION_KEY), episode, chunk_size)
+        acts, pad = action_chunks(_column(ds, layout.keys.action), episode, chunk_size)
         bad = ~np.isfinite(acts)
         if bad.any():
-            raise DatasetError(f"'{ACTION_KEY}' holds NaN/inf values (frame {int(np.argwhere(bad)[0, 0])})")
+            raise DatasetError(f"'{layout.keys.action}' holds NaN/inf values (frame {int(np.argwhere(bad)[0, 0])})")
         self.actions = torch.from_numpy(acts)
         self.action_pad = torch.from_numpy(pad)
-        self.state = torch.from_numpy(_column(ds, STATE_KEY)) if layout.state_dim else torch.zeros(n, 0)
+        self.state = torch.from_numpy(_column(ds, layout.keys.state)) if layout.state_dim else torch.zeros(n, 0)
         task_index = np.asarray(ds.hf_dataset.with_format("numpy")["task_index"]).astype(np.int64)
         names = {int(row.task_index): name for name, row in ds.meta.tasks.iterrows()}
         self.tasks = [names[int(t)] for t in task_index]
@@ -191,9 +224,10 @@ class StreamingFrames:
         item = self.ds[i]
         # each camera resized on its own: a dataset's cameras may differ in resolution
         u8 = torch.cat([_to_uint8_hwc(item[k][None], self.image_size) for k in self.layout.camera_keys])
-        state = item[STATE_KEY].float() if self.layout.state_dim else torch.zeros(0)
-        return {"images": u8, "state": state, "action": item[ACTION_KEY].float(),
-                "action_pad": item[f"{ACTION_KEY}_is_pad"].bool(), "task": item["task"]}
+        keys = self.layout.keys
+        state = item[keys.state].float() if self.layout.state_dim else torch.zeros(0)
+        return {"images": u8, "state": state, "action": item[keys.action].float(),
+                "action_pad": item[f"{keys.action}_is_pad"].bool(), "task": item["task"]}
 
     def batch(self, indices: list[int]) -> dict:
         frames = list(self.pool.map(self._frame, indices))

@@ -5,6 +5,8 @@ state (eef pos 3 + axis-angle 3 + gripper qpos 2), a 7-dim action and a task str
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 AGENTVIEW_KEY = "observation.images.image"
 WRIST_KEY = "observation.images.wrist_image"
 STATE_KEY = "observation.state"
@@ -28,3 +30,40 @@ def libero_features(image_size: int, use_videos: bool = True) -> dict:
         STATE_KEY: {"dtype": "float32", "shape": (STATE_DIM,), "names": ["state"]},
         ACTION_KEY: {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["action"]},
     }
+
+
+@dataclass(frozen=True)
+class DatasetKeys:
+    """Where a dataset keeps each input: this layout's keys unless `data.camera_keys` / `data.state_key` /
+    `data.action_key` say otherwise (openpi's LIBERO: `image`, `wrist_image`, `state`, `actions`)."""
+
+    cameras: tuple[tuple[str, str], ...] = ()  # (camera role, dataset key) overrides
+    state: str = STATE_KEY
+    action: str = ACTION_KEY
+
+    def camera(self, role: str) -> str:
+        return dict(self.cameras).get(role, CAMERA_TO_KEY.get(role, role))
+
+    @classmethod
+    def from_config(cls, data) -> "DatasetKeys":
+        return cls(tuple(sorted(data.camera_keys.items())), data.state_key, data.action_key)
+
+    def overrides(self) -> str:
+        """These keys as the command-line overrides that select them."""
+        parts = []
+        if self.cameras:
+            parts.append("data.camera_keys={" + ", ".join(f"{r}: {k}" for r, k in self.cameras) + "}")
+        if self.state != STATE_KEY:
+            parts.append(f"data.state_key={self.state}")
+        if self.action != ACTION_KEY:
+            parts.append(f"data.action_key={self.action}")
+        return " ".join(parts)
+
+
+# the LIBERO LeRobot datasets on the Hub whose keys differ from this layout's
+KNOWN_LAYOUTS = {
+    "openpi's LIBERO (physical-intelligence/libero)":
+        DatasetKeys((("agentview", "image"), ("wrist", "wrist_image")), "state", "actions"),
+    "lerobot's LIBERO (HuggingFaceVLA/libero, lerobot/libero)":
+        DatasetKeys((("wrist", "observation.images.image2"),)),
+}

@@ -50,6 +50,7 @@ def first_chunk_fit(ckpt: str | Path, episodes: int = 20, dataset: str | None = 
     demos and compare; returns {"dataset", "episodes", "steps", "sampler", "dims": fit_table rows}."""
     from vla.checkpoint import load_policy
     from vla.data.dataset import StreamingFrames, open_dataset, validate_dataset
+    from vla.data.features import DatasetKeys
     from vla.experiment import demo_dataset_dir
 
     policy = load_policy(ckpt, device="cpu")
@@ -57,8 +58,9 @@ def first_chunk_fit(ckpt: str | Path, episodes: int = 20, dataset: str | None = 
     source = dataset or cfg.data.dataset or str(demo_dataset_dir(cfg))
     if dataset is None and cfg.data.dataset is None and not Path(source).is_dir():
         raise FileNotFoundError(f"the checkpoint's generated demos are not at {source}; pass --dataset")
-    ds = open_dataset(source, cfg.head.chunk_size)
-    layout = validate_dataset(ds, cfg.data.cameras, cfg.head.action_dim, cfg.data.use_state)
+    ds = open_dataset(source, cfg.head.chunk_size, cfg.data.action_key)
+    layout = validate_dataset(ds, cfg.data.cameras, cfg.head.action_dim, cfg.data.use_state,
+                              DatasetKeys.from_config(cfg.data))
     starts = episode_starts(np.asarray(ds.hf_dataset["episode_index"]))[:episodes]
     frames = StreamingFrames(ds, layout, policy.backbone.image_size)
     batch = frames.batch(starts)

@@ -20,6 +20,7 @@ from vla.checkpoint import (latest_checkpoint, load_training_state, norm_specs, 
 from vla.config import ConfigError, ExperimentConfig, merge, to_dict, to_yaml
 from vla.data.dataset import (EpochSampler, FrameCache, StreamingFrames, check_dataset_gripper, dataset_stats, open_dataset,
                               stored_image_size, validate_dataset)
+from vla.data.features import DatasetKeys
 from vla.devices import pick_device, setup_distributed
 from vla.model import Policy
 from vla.normalize import Normalizer
@@ -68,7 +69,8 @@ class Logger:
 
 
 def build_policy_for_training(cfg: ExperimentConfig, ds) -> tuple[Policy, object]:
-    layout = validate_dataset(ds, cfg.data.cameras, cfg.head.action_dim, cfg.data.use_state)
+    layout = validate_dataset(ds, cfg.data.cameras, cfg.head.action_dim, cfg.data.use_state,
+                              DatasetKeys.from_config(cfg.data))
     if cfg.data.check_gripper and cfg.head.action_dim == 7:
         check_dataset_gripper(ds, layout)
     if cfg.head.type == "residual" and cfg.head.residual.base_checkpoint:
@@ -78,7 +80,7 @@ def build_policy_for_training(cfg: ExperimentConfig, ds) -> tuple[Policy, object
     if cfg.head.type in ("flow", "diffusion") and cfg.backbone.gradient_checkpointing:
         raise ConfigError(f"backbone.gradient_checkpointing disables the KV cache the {cfg.head.type} head's expert "
                           "reads; turn one of them off")
-    stats = dataset_stats(ds, cfg.data.use_state)
+    stats = dataset_stats(ds, cfg.data.use_state, layout.keys)
     policy = Policy(cfg, Normalizer(stats, norm_specs(cfg)), layout.state_dim)
     apply_lora(policy, cfg.backbone)
     if cfg.backbone.freeze_vision:
@@ -92,7 +94,7 @@ def adopt_render_size(cfg: ExperimentConfig, ds) -> ExperimentConfig:
     """Evaluation, RL and sweeps render the simulator at demos.image_size; for a given dataset that is the size
     its images are stored at, so the policy sees the same resampling in both (a 256 px hub dataset evaluated
     from 128 px renders would see blurrier images than it trained on)."""
-    size = stored_image_size(ds, cfg.data.cameras)
+    size = stored_image_size(ds, cfg.data.cameras, DatasetKeys.from_config(cfg.data))
     if not cfg.data.dataset or size is None or size == cfg.demos.image_size:
         return cfg
     print(f"[train] evaluation renders at the dataset's {size} px (demos.image_size {cfg.demos.image_size} -> {size})",
@@ -110,7 +112,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
         from vla.residual_init import adopt_base_config
 
         cfg = adopt_base_config(cfg)  # the dataset is read with the base's cameras, proprio and chunk size
-    ds = open_dataset(dataset, cfg.head.chunk_size)
+    ds = open_dataset(dataset, cfg.head.chunk_size, cfg.data.action_key)
     cfg = adopt_render_size(cfg, ds)
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
@@ -190,8 +192,8 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
 
 # what may change when a run resumes: how long and how often it saves/logs, where it runs, evaluation and RL
 # settings, where the data lives. Anything else means another experiment, which must not continue this one's weights.
-RESUMABLE = ("output_dir", "device", "data.dataset", "data.cache_in_memory", "data.check_gripper", "eval.", "rl.",
-             "head.sampler",
+RESUMABLE = ("output_dir", "device", "data.dataset", "data.cache_in_memory", "data.check_gripper", "data.camera_keys",
+             "data.state_key", "data.action_key", "eval.", "rl.", "head.sampler",
              "train.steps", "train.save_every", "train.keep_last", "train.log_every", "train.torch_threads",
              "train.tensorboard", "train.wandb", "train.resume")
 
