@@ -83,15 +83,14 @@ def test_threaded_camera_never_blocks_on_a_stalled_source_and_resumes():
     assert stalled.wait(5)
     first = cam.latest()
     time.sleep(0.2)
-    tic = time.perf_counter()
+    # the source is stuck until released: a blocking read would wait for it and return a newer frame
     frame = cam.latest()
-    assert time.perf_counter() - tic < 0.01  # returned at once, with the old frame and its old timestamp
-    assert frame is first and time.monotonic() - frame.timestamp >= 0.2
+    assert frame is first and time.monotonic() - frame.timestamp >= 0.2  # the old frame, with its old timestamp
     release.set()
     deadline = time.time() + 5
     while cam.latest() is first and time.time() < deadline:
         time.sleep(0.01)
-    assert cam.latest() is not first and time.monotonic() - cam.latest().timestamp < 0.1
+    assert cam.latest() is not first and cam.latest().timestamp > first.timestamp
     cam.stop()
 
 
@@ -349,17 +348,19 @@ def test_frames_are_centre_cropped_to_squares():
     assert out.shape == (64, 64, 3) and out.min() == 255
 
 
-def test_deploy_flags_are_checked_before_anything_connects(capsys):
+def test_deploy_flags_are_checked_before_anything_connects(capsys, monkeypatch):
     from vla.cli import main
 
-    tic = time.perf_counter()
+    def connect(*_, **__):
+        raise AssertionError("deploy connected to the server before checking its flags")
+
+    monkeypatch.setattr("real_robot.daemon.PolicyLink", connect)
     assert main(["deploy", "--robot", "franka", "--task", "x"]) == 2
     assert "--robot-ip" in capsys.readouterr().err
     assert main(["deploy", "--task", "x", "--workspace", "0,0,0,1,1"]) == 2
     assert "6 numbers" in capsys.readouterr().err
     assert main(["deploy", "--task", "x", "--workspace", "1,0,0,0,1,1"]) == 2
     assert "workspace_min" in capsys.readouterr().err
-    assert time.perf_counter() - tic < 5
 
 
 def test_an_empty_action_chunk_is_a_policy_error_not_a_crash():
