@@ -69,7 +69,7 @@ class SafetyFilter:
                 events.append(f"clip: gripper switch to {want:+.0f} waits ({since:.2f} s after the last, "
                               f"min {self.limits.min_gripper_switch_s} s)")
                 return self._gripper
-        if self._gripper is None or want != self._gripper:
+        if self._gripper is not None and want != self._gripper:  # the episode's first command is no switch
             self._switched_at = now
         self._gripper = want
         return want

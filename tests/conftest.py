@@ -14,7 +14,7 @@ torch.set_num_threads(1)  # 2 cores: keep tests from oversubscribing them
 
 
 def write_synthetic_dataset(root, episodes=3, frames=20, image_size=32, action_dim=7, state_dim=8,
-                            use_videos=False, seed=0, task="pick up the bowl", nan_at=None, keys=None):
+                            use_videos=False, seed=0, task="pick up the bowl", nan_at=None, keys=None, gripper_sign=1.0):
     """A LIBERO-layout LeRobot dataset whose actions are a smooth function of the state; `keys` (a
     vla.data.features.DatasetKeys) stores the same frames under another layout's keys."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -34,7 +34,7 @@ def write_synthetic_dataset(root, episodes=3, frames=20, image_size=32, action_d
         state = rng.uniform(-1, 1, state_dim).astype(np.float32)
         for t in range(frames):
             action = np.tanh(np.resize(state, action_dim) * 2).astype(np.float32)
-            action[-1] = 1.0 if t > frames // 2 else -1.0
+            action[-1] = gripper_sign * (1.0 if t > frames // 2 else -1.0)  # -1: a dataset where +1 opens
             if nan_at is not None and (ep, t) == nan_at:
                 action[0] = np.nan
             img = np.full((image_size, image_size, 3), int(128 + 100 * state[0]), dtype=np.uint8)

@@ -86,3 +86,24 @@ def test_heads_train_and_decode_on_a_backbones_pretrained_action_tokens(kind, mo
         Problem(kind.split("_")[0], chunk=2, num_bins=256, **extra)
     fresh = Problem(kind.split("_")[0], chunk=2, num_bins=256, token_ids="end", **extra)
     assert fresh.head.tokens.top_id is None and fresh.head.tokens.first_id == TINY_VOCAB - 256
+
+
+def test_old_checkpoints_keep_their_last_ids_and_openvla_bins_are_checked_before_the_download(tmp_path):
+    import json
+
+    from vla.checkpoint import load_config, save_policy
+    from vla.config import ConfigError, ExperimentConfig, merge
+    from vla.experiment import check_choices
+    from vla.random_policy import random_policy
+
+    save_policy(random_policy({"backbone": {"image_size": 32}, "head": {"type": "tokenized", "chunk_size": 1}}),
+                tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["head"]["token_ids"]  # saved before the key existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    assert load_config(tmp_path / "old").head.token_ids == "end"
+    openvla = {"backbone": {"name": "openvla"}, "head": {"type": "tokenized", "num_bins": 256}}
+    with pytest.raises(ConfigError, match="openvla-7b's pretrained action tokens are 255 bins"):
+        check_choices(merge(ExperimentConfig(), openvla))
+    check_choices(merge(ExperimentConfig(), {**openvla, "head": {"type": "tokenized", "num_bins": 255}}))
+    check_choices(merge(ExperimentConfig(), {**openvla, "head": {"type": "tokenized", "token_ids": "end"}}))

@@ -152,17 +152,26 @@ def test_a_gripper_in_another_convention_is_refused_before_training(tmp_path):
     actions[:, 6] = np.tile(np.r_[np.zeros(5), np.ones(5)], 4)  # 0 = close, 1 = open
     with pytest.raises(ValueError, match="the 0/1 convention"):
         check_gripper_convention(actions, episodes, None, 6)
+    with pytest.raises(ValueError, match="never negative"):  # a continuous 0..1 width with no exact zero
+        check_gripper_convention(np.c_[actions[:, :6], 0.2 + 0.7 * actions[:, 6]], episodes, None, 6)
+    check_gripper_convention(np.zeros((40, 7)), episodes, None, 6)  # an unused gripper, 0 throughout
     with pytest.raises(ValueError, match=r"outside \[-1, 1\]"):
         check_gripper_convention(actions * 255, episodes, None, 6)
     # the sign, from the fingers (state[6] shrinks as they close): each episode closes at step 5
     episodes = np.repeat(np.arange(4), 12)
     state = np.zeros((48, 8))
     state[:, 6] = np.tile(np.r_[np.full(5, 0.04), np.linspace(0.04, 0.0, 5), [0.0, 0.0]], 4)
+    state[:, 7] = -state[:, 6]  # LIBERO's fingers: +w/2, -w/2
     actions = np.zeros((48, 7))
     actions[:, 6] = np.tile(np.r_[-np.ones(5), np.ones(7)], 4)  # -1 open, +1 close: the fingers follow
     check_gripper_convention(actions, episodes, state, 6)
     with pytest.raises(ValueError, match="after 4 of 4 switches the fingers moved the other way"):
         check_gripper_convention(-actions, episodes, state, 6)
+    # the same state[6] without a mirrored finger beside it (a gripper scalar, 1 = closed, then padding) is not read
+    # as a finger: the correctly signed actions are not refused
+    scalar = np.zeros((48, 8))
+    scalar[:, 6] = 1.0 - state[:, 6] / 0.04
+    check_gripper_convention(actions, episodes, scalar, 6)
 
 
 def test_a_given_dataset_sets_the_evaluation_render_size(synthetic_dataset):
@@ -191,9 +200,11 @@ def test_a_dataset_in_another_layout_reads_through_its_keys(synthetic_dataset, t
     root = write_synthetic_dataset(tmp_path / "openpi", keys=openpi)
     plain = open_dataset(str(root), chunk_size=8, action_key="actions")
     with pytest.raises(DatasetError, match=r"This is openpi's LIBERO \(physical-intelligence/libero\)'s layout: add "
-                                           r"data.camera_keys=\{agentview: image, wrist: wrist_image\} "
+                                           r"data.camera_keys=\"\{agentview: image, wrist: wrist_image\}\" "
                                            r"data.state_key=state data.action_key=actions"):
         validate_dataset(plain, ["agentview", "wrist"], 7, use_state=True)
+    with pytest.raises(DatasetError, match=r"add data.camera_keys=\"\{agentview: image\}\" data.state_key"):
+        validate_dataset(plain, ["agentview"], 7, use_state=True)  # only the cameras the policy reads
     layout = validate_dataset(plain, ["agentview", "wrist"], 7, use_state=True, keys=openpi)
     ours = open_dataset(str(synthetic_dataset), chunk_size=8)
     ours_layout = validate_dataset(ours, ["agentview", "wrist"], 7, use_state=True)
@@ -222,3 +233,18 @@ def test_an_older_lerobot_format_is_refused_with_where_to_get_or_convert_it(tmp_
     with pytest.raises(DatasetError, match=r"LeRobot format v2.0; the installed lerobot reads only v3.0.*"
                                            r"lerobot/libero or HuggingFaceVLA/libero.*convert_dataset_v21_to_v30"):
         open_dataset(str(root), chunk_size=4)
+
+
+def test_training_refuses_a_dataset_whose_gripper_opens_on_plus_one(tmp_path):
+    """The check runs where training builds its policy (not only when called by hand); data.check_gripper=false
+    is the way past it for an action whose last dimension is not a gripper."""
+    from vla.config import ExperimentConfig, merge
+    from vla.train.trainer import build_policy_for_training
+
+    root = write_synthetic_dataset(tmp_path / "inverted", episodes=3, frames=20, gripper_sign=-1.0)
+    cfg = merge(ExperimentConfig(), {"backbone": {"image_size": 32}, "data": {"dataset": str(root)}})
+    with pytest.raises(DatasetError, match="the fingers moved the other way"):
+        build_policy_for_training(cfg, open_dataset(str(root), chunk_size=8))
+    unchecked = merge(cfg, {"data": {"check_gripper": False}})
+    policy, _ = build_policy_for_training(unchecked, open_dataset(str(root), chunk_size=8))
+    assert policy.state_dim == 8

@@ -275,6 +275,10 @@ def test_franka_backend_without_franky_says_how_to_install_it(monkeypatch):
         FrankaRobot("172.16.0.2").connect()
 
 
+# (x, y, z, w) of a roll of pi + 0.01 about x, in the hemisphere opposite LIBERO's (w > 0)
+ROLLED_PAST_DOWN = [-np.sin((np.pi + 0.01) / 2), 0.0, 0.0, -np.cos((np.pi + 0.01) / 2)]
+
+
 def test_franka_backend_sends_absolute_targets_and_recovers_from_control_errors(monkeypatch):
     from real_robot.franka import FrankaRobot
 
@@ -293,7 +297,7 @@ def test_franka_backend_sends_absolute_targets_and_recovers_from_control_errors(
         def __init__(self, ip):
             self.relative_dynamics_factor = 1.0
             self.current_cartesian_state = types.SimpleNamespace(
-                pose=types.SimpleNamespace(end_effector_pose=Affine([0.4, 0, 0.3], [1, 0, 0, 0])))
+                pose=types.SimpleNamespace(end_effector_pose=Affine([0.4, 0, 0.3], ROLLED_PAST_DOWN)))
             self.current_joint_state = types.SimpleNamespace(position=[0] * 7, velocity=[0] * 7)
 
         def recover_from_errors(self):
@@ -329,6 +333,9 @@ def test_franka_backend_sends_absolute_targets_and_recovers_from_control_errors(
     robot.connect()
     obs = robot.observe()
     assert np.allclose(obs.state.ee_position, [0.4, 0, 0.3]) and obs.state.gripper_width == 0.08
+    # gripper-down rolled 0.01 rad past pi, with the quaternion's sign as the backend gives it: LIBERO's numbers,
+    # where scipy's as_rotvec gives -(pi - 0.01) x
+    assert np.allclose(obs.state.ee_rotvec, [np.pi + 0.01, 0, 0])
     done = robot.send(Command(np.array([0.41, 0, 0.3]), np.zeros(3), 1.0))
     assert not done.hold and calls[1][0] == "CartesianMotion" and calls[1][1] is True
     assert np.allclose(calls[1][2].translation, [0.41, 0, 0.3]) and calls[2] == "grasp"

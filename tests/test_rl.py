@@ -307,6 +307,13 @@ def test_rl_resumes_only_the_experiment_its_directory_holds(tmp_path):
         policy.cfg = merge(trained, changed)
         with pytest.raises(ConfigError, match="holds an RL run with other settings"):
             run_state.resume_state(tmp_path, policy, optimizer)
+    # the same settings from another BC checkpoint of the same run (its config is the same): refused as well
+    policy.cfg = trained
+    run_state.save_state(tmp_path, policy, optimizer, {"iteration": 3, "history": [], "evals": {},
+                                                       "source": "/runs/bc/checkpoints/step_0000500"})
+    assert run_state.resume_state(tmp_path, policy, optimizer, source="/runs/bc/checkpoints/step_0000500")["iteration"] == 3
+    with pytest.raises(ConfigError, match="started from /runs/bc/checkpoints/step_0000500; this one starts from"):
+        run_state.resume_state(tmp_path, policy, optimizer, source="/runs/bc/checkpoints/step_0001000")
 
 
 def test_batched_envs_are_refused_where_they_cannot_run(monkeypatch):

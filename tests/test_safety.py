@@ -71,11 +71,11 @@ def test_translation_rotation_workspace_and_gripper_are_clipped_and_reported():
         assert not cmd.hold
         return cmd.gripper, any("gripper switch" in e for e in cmd.events)
 
-    assert grip(0.3, NOW) == (-1.0, True)  # open since NOW: closing waits
-    assert grip(0.3, NOW + 0.6) == (1.0, False)
-    assert grip(0.0, NOW + 0.7) == (1.0, False) and grip(0.9, NOW + 0.7) == (1.0, False)
-    assert grip(-0.2, NOW + 0.8) == (1.0, True)  # 0.2 s after closing
-    assert grip(-0.2, NOW + 1.2) == (-1.0, False)
+    assert grip(0.3, NOW) == (1.0, False)  # the first commands (open, then close) are no switch to wait for
+    assert grip(0.0, NOW + 0.1) == (1.0, False) and grip(0.9, NOW + 0.1) == (1.0, False)
+    assert grip(-0.2, NOW + 0.3) == (1.0, True)  # 0.3 s after closing: opening waits
+    assert grip(-0.2, NOW + 0.6) == (-1.0, False)
+    assert grip(0.5, NOW + 0.9) == (-1.0, True) and grip(0.5, NOW + 1.2) == (1.0, False)
 
 
 def test_fuzzed_actions_never_leave_the_limits():

@@ -52,8 +52,11 @@ def _read_json(path: Path) -> dict:
 
 
 def load_config(directory: Path) -> ExperimentConfig:
+    data = _read_json(Path(directory) / CONFIG)
+    if isinstance(data.get("head"), dict) and "token_ids" not in data["head"]:
+        data["head"]["token_ids"] = "end"  # saved before head.token_ids existed: its bins were the last ids
     try:
-        return from_dict(_read_json(Path(directory) / CONFIG))
+        return from_dict(data)
     except ConfigError as err:
         raise CheckpointError(f"checkpoint {directory} has an invalid config: {err}") from err
 

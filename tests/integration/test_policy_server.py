@@ -59,6 +59,9 @@ def test_served_actions_equal_local_inference_and_health_answers(served):
     ckpt, port = served
     client = PolicyClient(port=port)
     assert client.metadata["chunk_size"] == 4 and client.metadata["cameras"] == ["agentview", "wrist"]
+    # what the actions mean: the daemon executes them at this scale (LIBERO's for a LIBERO checkpoint)
+    assert client.metadata["sim"] == "libero"
+    assert client.metadata["action_scale"] == {"meters": 0.05, "radians": 0.5}
     reply = client.infer(_obs())
     local = load_policy(ckpt)
     o = _obs()

@@ -11,6 +11,10 @@ from vla.backbones.base import Backbone
 from vla.backbones.hf_vlm import _dtype, _hf_tokenizer
 
 
+# OpenVLA's ActionTokenizer: 256 bin edges on [-1, 1], i.e. 255 bins, as the top ids of Llama-2's text vocabulary
+ACTION_BINS = 255
+
+
 class OpenVLABackbone(Backbone):
     prefix_bidirectional = False  # Llama is causal over the prefix
     image_mean = (0.5, 0.5, 0.5)  # unused: each fused vision backbone has its own (see embed_images)
@@ -32,7 +36,7 @@ class OpenVLABackbone(Backbone):
         self.tokenizer = tokenizer
         # OpenVLA's ActionTokenizer: id = tokenizer.vocab_size - digitize(a, 256 edges on [-1, 1]), the text
         # vocabulary's (32000 for Llama-2; the embedding is padded to 32064) top ids, counting down
-        self.pretrained_action_tokens = (tokenizer.text_vocab_size - 1, 255)
+        self.pretrained_action_tokens = (tokenizer.text_vocab_size - 1, ACTION_BINS)
 
     @classmethod
     def pretrained(cls, name: str, dtype: str) -> "OpenVLABackbone":

@@ -94,7 +94,7 @@ def validate_dataset(ds, cameras: list[str], action_dim: int, use_state: bool,
     if len(set(camera_keys)) < len(camera_keys):
         problems.append(f"two cameras read the same key ({camera_keys})")
     if problems:
-        known = [f" This is {name}'s layout: add {layout.overrides()}." for name, layout in KNOWN_LAYOUTS.items()
+        known = [f" This is {name}'s layout: add {layout.overrides(cameras)}." for name, layout in KNOWN_LAYOUTS.items()
                  if layout != keys and _has_keys(features, layout, cameras, use_state)]
         raise DatasetError(f"dataset {ds.root}: " + "; ".join(problems) + f". It has keys: {sorted(features)}."
                            + "".join(known))
@@ -119,13 +119,15 @@ def dataset_stats(ds, use_state: bool, keys: DatasetKeys = DatasetKeys()) -> dic
 
 
 def stored_image_size(ds, cameras: list[str], keys: DatasetKeys = DatasetKeys()) -> int | None:
-    """The largest stored height of the policy's cameras (None when the features do not say)."""
+    """The largest side of the policy's cameras when they are all square, as a simulator renders (None when
+    the features do not say, or an image is not square)."""
     sizes = []
     for cam in cameras:
-        feature = ds.meta.features.get(keys.camera(cam), {})
-        shape, names = feature.get("shape"), feature.get("names") or []
-        if shape:
-            sizes.append(int(shape[names.index("height")] if "height" in names else shape[0]))
+        shape = [int(d) for d in ds.meta.features.get(keys.camera(cam), {}).get("shape") or []]
+        sides = [d for d in shape if d > 4]  # height and width, whichever side the channels are on
+        if len(sides) != 2 or sides[0] != sides[1]:
+            return None
+        sizes.append(sides[0])
     return max(sizes) if sizes else None
 
 

@@ -48,11 +48,12 @@ class DatasetKeys:
     def from_config(cls, data) -> "DatasetKeys":
         return cls(tuple(sorted(data.camera_keys.items())), data.state_key, data.action_key)
 
-    def overrides(self) -> str:
-        """These keys as the command-line overrides that select them."""
+    def overrides(self, cameras: list[str]) -> str:
+        """These keys as the command-line overrides that select them, for a policy reading `cameras`."""
         parts = []
-        if self.cameras:
-            parts.append("data.camera_keys={" + ", ".join(f"{r}: {k}" for r, k in self.cameras) + "}")
+        mapped = [(r, k) for r, k in self.cameras if r in cameras]
+        if mapped:
+            parts.append('data.camera_keys="{' + ", ".join(f"{r}: {k}" for r, k in mapped) + '}"')
         if self.state != STATE_KEY:
             parts.append(f"data.state_key={self.state}")
         if self.action != ACTION_KEY:

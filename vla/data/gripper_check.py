@@ -18,7 +18,8 @@ MIN_MOVE = 1e-3  # m: finger motion that counts as moving
 def check_gripper_convention(actions: np.ndarray, episodes: np.ndarray, state: np.ndarray | None,
                              dim: int) -> None:
     """ValueError naming the problem and the conversion when the gripper column `dim` of (N, A) `actions`
-    is not -1 open / +1 close. `state` (N, 8) in the LIBERO layout, or None to check the range only."""
+    is not -1 open / +1 close. `state` (N, 8): its finger positions (state[6:8], when they look like fingers)
+    are checked to close after +1; None checks the values only."""
     g = actions[:, dim]
     hint = ("this toolkit's gripper convention is -1 open / +1 close (LIBERO's env, the scripted demos, the robot "
             "backends); convert the dataset's action[..., {d}] (1 = open: g' = 1 - 2 g; 1 = close: g' = 2 g - 1; "
@@ -27,16 +28,25 @@ def check_gripper_convention(actions: np.ndarray, episodes: np.ndarray, state: n
     lo, hi = float(g.min()), float(g.max())
     if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
         raise ValueError(f"gripper action (dim {dim}) takes values in [{lo:.3g}, {hi:.3g}], outside [-1, 1]; {hint}")
-    if lo >= 0.0 and np.any(g == 0.0):
-        raise ValueError(f"gripper action (dim {dim}) takes values in [{lo:.3g}, {hi:.3g}] with exact zeros: the 0/1 "
-                         f"convention (OpenVLA's transformed data: 0 = close, 1 = open); {hint}")
-    if state is None or state.ndim != 2 or state.shape[1] != 8:
+    if lo >= 0.0 and hi > lo:  # never open, yet it varies: 0/1 (or a continuous 0..1) where every consumer sees "close"
+        raise ValueError(f"gripper action (dim {dim}) takes values in [{lo:.3g}, {hi:.3g}], never negative: the 0/1 "
+                         f"convention (OpenVLA's transformed data: 0 = close, 1 = open) or a 0..1 width; {hint}")
+    if not _holds_fingers(state):
         return
     agree, switches = _finger_response(g, episodes, state[:, FINGER])
     if switches >= 3 and agree / switches < 0.2:
         raise ValueError(f"gripper action (dim {dim}): after {switches - agree} of {switches} switches the fingers "
                          f"moved the other way (state[{FINGER}] opened after +1, closed after -1): +1 opens in this "
                          f"dataset; {hint}")
+
+
+def _holds_fingers(state: np.ndarray | None) -> bool:
+    """Whether state[6:8] look like two finger positions (LIBERO: +w/2, -w/2; ManiSkill: both +), in metres:
+    equal magnitudes, within 0.1 m, and moving. Anything else (a gripper scalar, padding) is not checked."""
+    if state is None or state.ndim != 2 or state.shape[1] != 8:
+        return False
+    a, b = state[:, FINGER], state[:, FINGER + 1]
+    return bool(np.abs(a).max() < 0.1 and np.median(np.abs(np.abs(a) - np.abs(b))) < 0.005 and np.ptp(a) > MIN_MOVE)
 
 
 def _finger_response(g: np.ndarray, episodes: np.ndarray, finger: np.ndarray) -> tuple[int, int]:

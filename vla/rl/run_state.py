@@ -42,8 +42,10 @@ def save_state(root: Path, policy, optimizer, state: dict, offpolicy: ResidualTD
 # what may change when an RL run resumes: how long it runs, where and on how many workers/envs, and the BC-only
 # settings RL never reads. Anything else (the algorithm, its rates, rewards, the before/after evaluation set)
 # is another experiment: its "after" would be compared with a "before" of other settings.
+# (a residual's base checkpoint path may be spelled another way: the run's resolved source checkpoint is compared)
 RL_RESUMABLE = ("output_dir", "device", "rl.iterations", "rl.workers", "rl.batched_envs", "rl.eval_every",
-                "rl.torch_threads", "rl.ray", "rl.ray_actors", "train.", "data.dataset", "data.cache_in_memory", "eval.")
+                "rl.torch_threads", "rl.ray", "rl.ray_actors", "train.", "data.dataset", "data.cache_in_memory", "eval.",
+                "head.residual.base_checkpoint")
 
 
 def check_resumable(checkpoint: Path, cfg: ExperimentConfig) -> None:
@@ -52,20 +54,26 @@ def check_resumable(checkpoint: Path, cfg: ExperimentConfig) -> None:
 
 
 def resume_state(root: Path, policy, optimizer, offpolicy: ResidualTD3 | None = None,
-            replay: rft.SuccessReplay | None = None, held: dict | None = None) -> dict:
+            replay: rft.SuccessReplay | None = None, held: dict | None = None, source: str | None = None) -> dict:
     """The last checkpoint's weights into `policy` and its optimizer state into `optimizer` (or, with
-    no optimizer yet, rl.fsdp's, into `held`)."""
-    state = {"iteration": 0, "history": [], "evals": {}}
+    no optimizer yet, rl.fsdp's, into `held`). `source`: the (resolved) checkpoint this run starts from; a
+    directory holding a run started from another one is refused."""
+    state = {"iteration": 0, "history": [], "evals": {}, "source": source}
     last = latest_checkpoint(root)
     if last is None:
         return state
     check_resumable(last, policy.cfg)
+    tensors, saved = load_training_state(last)
+    started = saved.get("source")
+    if source is not None and started is not None and started != source:
+        raise ConfigError(f"{policy.cfg.output_dir} holds an RL run started from {started}; this one starts from "
+                          f"{source}: resuming would report its weights and before-evaluation as this checkpoint's. "
+                          "Give a new output_dir=, or remove that directory to start over")
     from safetensors.torch import load_model
 
     missing, unexpected = load_model(policy, str(last / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise ConfigError(f"cannot resume RL from {last}: weights do not match ({missing[:3]}, {unexpected[:3]})")
-    tensors, saved = load_training_state(last)
     if offpolicy is not None:
         offpolicy.load_state(tensors, saved.pop("td3"))
     elif optimizer is None:

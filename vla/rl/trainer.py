@@ -61,7 +61,6 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     out = Path(cfg.output_dir)
     if place.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
     tasks, init_states = rollout_tasks(cfg)
     reference = reference_copy(policy) if rl.kl_coef > 0 else None  # the starting policy, before any resume
     offpolicy = ResidualTD3(policy, rl) if rl.algo == "td3" else None
@@ -69,7 +68,9 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     optimizer = make_optimizer(policy, rl) if offpolicy is None and not rl.fsdp else None
     replay = rft.SuccessReplay(rl.rft_replay) if rl.algo == "rft" and rl.rft_replay else None
     held: dict = {}  # rl.fsdp: the checkpoint's optimizer state, loaded once the optimizer exists
-    state = resume_state(out / "checkpoints", policy, optimizer, offpolicy, replay, held)
+    state = resume_state(out / "checkpoints", policy, optimizer, offpolicy, replay, held, str(Path(ckpt).resolve()))
+    if place.main:  # after the resume checks: a refused run leaves the directory's config as it was
+        (out / "config.yaml").write_text(to_yaml(cfg))
     algo = ALGOS[rl.algo]
     # torchrun replicas: `rows` reduces log rows and holds barriers on the main thread; the learner's
     # collectives get their own process group when rl.overlap runs them on the learner thread

@@ -193,7 +193,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
 # what may change when a run resumes: how long and how often it saves/logs, where it runs, evaluation and RL
 # settings, where the data lives. Anything else means another experiment, which must not continue this one's weights.
 RESUMABLE = ("output_dir", "device", "data.dataset", "data.cache_in_memory", "data.check_gripper", "data.camera_keys",
-             "data.state_key", "data.action_key", "eval.", "rl.", "head.sampler",
+             "data.state_key", "data.action_key", "demos.image_size", "eval.", "rl.", "head.sampler",
              "train.steps", "train.save_every", "train.keep_last", "train.log_every", "train.torch_threads",
              "train.tensorboard", "train.wandb", "train.resume")
 
