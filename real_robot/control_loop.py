@@ -155,7 +155,7 @@ class ControlLoop:
     def run_episode(self, stop: threading.Event, episode: int = 0) -> EpisodeStats:
         cfg, period = self.cfg, self.cfg.period_s
         stats = EpisodeStats()
-        safety = SafetyFilter(self.limits, self.scale)
+        safety = SafetyFilter(self.limits, self.scale, cfg.rate_hz)
         self.schedule.clear()
         self.log("episode_start", episode=episode, rate_hz=cfg.rate_hz, max_steps=cfg.max_steps,
                  replan_every=cfg.replan_every, ensemble_k=cfg.ensemble_k)

@@ -26,6 +26,9 @@ from real_robot.jsonlog import JsonLog
 from real_robot.policy_link import PolicyLink
 from real_robot.safety import SafetyLimits
 
+DEFAULT_RATE_HZ = 15.0  # for a server that does not say its policy's rate
+DEFAULT_IMAGE_SIZE = 128  # for a server that does not say its policy's image size
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--robot", choices=["sim", "franka"], default="sim", help="sim: the MuJoCo Panda stand-in")
@@ -35,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="policy server address")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None)
-    p.add_argument("--rate", type=float, default=15.0, help="control rate (Hz)")
+    p.add_argument("--rate", type=float, default=None,
+                   help=f"control rate (Hz); default: the rate the served policy's data was recorded at "
+                        f"({DEFAULT_RATE_HZ:g} when the server does not say)")
     p.add_argument("--replan", type=int, default=None, help="ticks between policy requests (default: chunk/2)")
     p.add_argument("--ensemble", type=float, default=None, metavar="K",
                    help="temporal ensembling with weights exp(-K*i) (off by default)")
@@ -45,12 +50,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=300, help="control ticks per episode")
     p.add_argument("--episodes", type=int, default=1)
     p.add_argument("--reset-wait", type=float, default=5.0, help="s the arm holds between episodes")
-    p.add_argument("--image-size", type=int, default=128, help="frames sent and recorded are square")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side of the square frames sent and recorded; default: the size the served policy's "
+                        f"training images were stored at ({DEFAULT_IMAGE_SIZE} when the server does not say)")
     p.add_argument("--record", type=Path, default=None, help="new LeRobot dataset directory")
     p.add_argument("--images", action="store_true", help="record PNG frames instead of video")
     p.add_argument("--log", type=Path, default=None, help="also append the JSON-lines log here")
     p.add_argument("--workspace", default=None, metavar="X0,Y0,Z0,X1,Y1,Z1", help="safety box (m, base frame)")
-    p.add_argument("--max-step", type=float, default=None, help="m per tick (safety)")
+    p.add_argument("--max-speed", type=float, default=None, help="m/s, the end effector's speed limit (safety)")
+    p.add_argument("--max-turn", type=float, default=None, help="rad/s, its rotation rate limit (safety)")
     p.add_argument("--connect-timeout", type=float, default=60.0, help="s to wait for the policy server at start")
 
 
@@ -61,9 +69,34 @@ def limits_from_args(args: argparse.Namespace) -> SafetyLimits:
         if len(values) != 6:
             raise ValueError(f"--workspace needs 6 numbers x0,y0,z0,x1,y1,z1, got {args.workspace!r}")
         overrides.update(workspace_min=tuple(values[:3]), workspace_max=tuple(values[3:]))
-    if args.max_step is not None:
-        overrides["max_step_m"] = args.max_step
+    if args.max_speed is not None:
+        overrides["max_speed_m_s"] = args.max_speed
+    if args.max_turn is not None:
+        overrides["max_turn_rad_s"] = args.max_turn
     return SafetyLimits(**overrides)
+
+
+def control_rate(args: argparse.Namespace, meta: dict) -> tuple[float, str | None]:
+    """The rate to act at and, when it is not the one the served policy's actions were recorded at, why that
+    matters: a delta action is a displacement per recorded step, so at another rate the arm moves faster or
+    slower than in the demonstrations (the safety layer's speed limits hold either way)."""
+    given = meta.get("control_hz")
+    try:
+        trained = float(given) if given is not None else None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the server's control_hz {given!r} is not a number") from err
+    if trained is not None and not 0 < trained <= 1000:
+        raise ValueError(f"the server's control_hz {given!r} is outside 0 < Hz <= 1000")
+    rate = args.rate if args.rate is not None else trained if trained is not None else DEFAULT_RATE_HZ
+    if not rate > 0:
+        raise ValueError(f"--rate must be positive, got {rate}")
+    if trained is None:
+        return rate, (f"the server does not say the rate its policy's data was recorded at; acting at {rate:g} Hz")
+    if rate != trained:
+        return rate, (f"acting at {rate:g} Hz, but the policy's data was recorded at {trained:g} Hz: each action "
+                      f"moves the arm as far as one recorded step, so it moves {rate / trained:.2f}x as fast "
+                      "as in its demonstrations")
+    return rate, None
 
 
 def served_action_scale(meta: dict) -> ActionScale:
@@ -82,23 +115,38 @@ def served_action_scale(meta: dict) -> ActionScale:
     return scale
 
 
-def make_robot(args: argparse.Namespace) -> Robot:
+def frame_size(args: argparse.Namespace, meta: dict) -> int:
+    """--image-size, else the size the served policy's training images were stored at (the server resizes to the
+    model's input either way, but frames sent smaller than the training images reach it blurrier than they were)."""
+    given = meta.get("image_size")
+    if args.image_size is not None:
+        size = args.image_size
+    elif given is None:
+        size = DEFAULT_IMAGE_SIZE
+    elif isinstance(given, int) and not isinstance(given, bool):
+        size = given
+    else:
+        raise ValueError(f"the server's image_size {given!r} is not an integer")
+    if not 8 <= size <= 2048:
+        raise ValueError(f"image size {size} is outside 8..2048 px")
+    return size
+
+
+def make_robot(args: argparse.Namespace, rate_hz: float) -> Robot:
     if args.robot == "sim":
         from real_robot.sim_panda import SimPanda
 
-        return SimPanda(control_hz=args.rate)
-    if not args.robot_ip:
-        raise ValueError("--robot franka needs --robot-ip <FCI address>")
+        return SimPanda(control_hz=rate_hz)
     from real_robot.franka import FrankaRobot
 
     return FrankaRobot(args.robot_ip)
 
 
-def make_cameras(args: argparse.Namespace, robot: Robot, names: list[str]) -> dict[str, Camera]:
+def make_cameras(args: argparse.Namespace, robot: Robot, names: list[str], size: int) -> dict[str, Camera]:
     if args.robot == "sim":
         if args.camera:
             raise ValueError("--robot sim renders its own cameras; --camera is for real ones")
-        return {n: SimCamera(robot, n, args.image_size, args.image_size) for n in names}
+        return {n: SimCamera(robot, n, size, size) for n in names}
     cams = [parse_camera_spec(spec) for spec in args.camera]
     return {c.name: c for c in cams}
 
@@ -115,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     limits = limits_from_args(args)  # bad flags fail here, before anything connects
-    robot = make_robot(args)
+    if args.robot == "franka" and not args.robot_ip:
+        raise ValueError("--robot franka needs --robot-ip <FCI address>")
+    robot: Robot | None = None
     link = PolicyLink(lambda: PolicyClient(args.host, args.port, args.api_key, timeout_s=2.0))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     cameras: dict[str, Camera] = {}
@@ -127,23 +177,28 @@ def run(args: argparse.Namespace) -> int:
         log("connected", server=f"{args.host}:{args.port}", metadata=meta)
         chunk = int(meta.get("chunk_size", 0)) or None
         scale = served_action_scale(meta)
+        rate, rate_note = control_rate(args, meta)
+        size = frame_size(args, meta)
+        if rate_note:
+            log("rate", rate_hz=rate, note=rate_note)
         replan = args.replan or max(1, (chunk or 2) // 2)
-        cfg = LoopConfig(rate_hz=args.rate, replan_every=replan, ensemble_k=args.ensemble,
+        cfg = LoopConfig(rate_hz=rate, replan_every=replan, ensemble_k=args.ensemble,
                          policy_timeout_s=args.policy_timeout, frame_timeout_s=args.frame_timeout,
-                         max_steps=args.steps, task=args.task, image_size=args.image_size)
+                         max_steps=args.steps, task=args.task, image_size=size)
+        robot = make_robot(args, rate)
         robot.connect()
         connected = True
-        cameras = make_cameras(args, robot, list(meta.get("cameras", ["agentview", "wrist"])))
+        cameras = make_cameras(args, robot, list(meta.get("cameras", ["agentview", "wrist"])), size)
         for cam in cameras.values():
             cam.start()
         if args.record:
             from real_robot.recorder import EpisodeRecorder
 
-            recorder = EpisodeRecorder(args.record, args.rate, args.image_size, list(cameras), args.task,
+            recorder = EpisodeRecorder(args.record, rate, size, list(cameras), args.task,
                                        use_videos=not args.images)
         loop = ControlLoop(robot, cameras, link, cfg, log, limits=limits, scale=scale, recorder=recorder)
         loop.warm_up(args.connect_timeout)
-        log("start", robot=args.robot, rate_hz=args.rate, replan_every=replan, ensemble_k=args.ensemble,
+        log("start", robot=args.robot, rate_hz=rate, image_size=size, replan_every=replan, ensemble_k=args.ensemble,
             limits=limits.__dict__, action_scale={"meters": scale.meters, "radians": scale.radians},
             cameras=sorted(cameras), record=str(args.record) if args.record else None)
         for episode in range(args.episodes):
@@ -154,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
                 frames = recorder.end_episode()
                 log("episode_saved", episode=episode, frames=frames, dataset=str(args.record))
             if episode + 1 < args.episodes and not stop.is_set():
-                _hold_for(robot, args.reset_wait, args.rate, stop)
+                _hold_for(robot, args.reset_wait, rate, stop)
         return 0
     finally:
         _shutdown(robot if connected else None, cameras, link, recorder, log)

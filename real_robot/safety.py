@@ -3,9 +3,9 @@
 Every control step the raw policy action is checked against `SafetyLimits`:
 - NaN/inf anywhere (the action or the arm's measured state), a wrong shape, a policy answer older than `max_action_age_s` or a camera frame
   older than `max_frame_age_s` -> hold (the arm keeps its pose);
-- the translation is clipped to `max_step_m` per step and the target to the workspace box; an arm found
-  outside the box is moved back towards it no faster than `max_step_m` per step;
-- the rotation is clipped to `max_step_rad` per step;
+- the translation is clipped to `max_speed_m_s` (per step: divided by the control rate) and the target to the
+  workspace box; an arm found outside the box is moved back towards it no faster than that;
+- the rotation is clipped to `max_turn_rad_s` (per step likewise);
 - the gripper command is binary, the sign of the action (0 keeps the last one), as every backend and LIBERO act
   on it, and it switches between open and close at most every `min_gripper_switch_s` (no chattering);
 - joint velocities above `max_joint_velocity` -> hold.
@@ -25,8 +25,9 @@ from real_robot.base import ActionScale, Command, RobotObservation
 class SafetyLimits:
     workspace_min: tuple[float, float, float] = (0.25, -0.35, 0.02)  # m, Franka base frame, above the table
     workspace_max: tuple[float, float, float] = (0.75, 0.35, 0.60)
-    max_step_m: float = 0.02  # per control step (0.3 m/s at 15 Hz)
-    max_step_rad: float = 0.15
+    # speeds, not per-step sizes: the same limit holds at any control rate (per step: 0.02 m, 0.15 rad at 15 Hz)
+    max_speed_m_s: float = 0.3
+    max_turn_rad_s: float = 2.25
     min_gripper_switch_s: float = 0.5  # the gripper switches open <-> close at most this often
     max_joint_velocity: float = 1.5  # rad/s, below the Franka's 2.1-2.6 rad/s hardware limits
     max_action_age_s: float = 0.2
@@ -36,7 +37,7 @@ class SafetyLimits:
         lo, hi = np.array(self.workspace_min), np.array(self.workspace_max)
         if not np.all(lo < hi):
             raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
-        for name in ("max_step_m", "max_step_rad", "min_gripper_switch_s", "max_joint_velocity", "max_action_age_s",
+        for name in ("max_speed_m_s", "max_turn_rad_s", "min_gripper_switch_s", "max_joint_velocity", "max_action_age_s",
                      "max_frame_age_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"safety limit {name} must be positive, got {getattr(self, name)}")
@@ -46,6 +47,7 @@ class SafetyLimits:
 class SafetyFilter:
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     scale: ActionScale = field(default_factory=ActionScale)
+    rate_hz: float = 15.0  # the control rate: the speed limits become per-step limits at it
     _gripper: float | None = None  # the last commanded gripper, -1 or +1
     _switched_at: float = -float("inf")
 
@@ -53,6 +55,18 @@ class SafetyFilter:
     def gripper_commanded(self) -> bool:
         """Whether a gripper command has been sent this episode (before one, a hold's gripper is unknown)."""
         return self._gripper is not None
+
+    def __post_init__(self) -> None:
+        if not self.rate_hz > 0:
+            raise ValueError(f"the safety filter's rate_hz must be positive, got {self.rate_hz}")
+
+    @property
+    def max_step_m(self) -> float:
+        return self.limits.max_speed_m_s / self.rate_hz
+
+    @property
+    def max_step_rad(self) -> float:
+        return self.limits.max_turn_rad_s / self.rate_hz
 
     def hold(self, obs: RobotObservation, why: str) -> Command:
         s = obs.state
@@ -63,13 +77,12 @@ class SafetyFilter:
         """-1 or +1, what is executed and recorded: fractions would be labels no backend acts on (the next
         fine-tune would learn them). A switch within min_gripper_switch_s of the last one waits."""
         want = 1.0 if value > 0 else -1.0 if value < 0 else (self._gripper if self._gripper is not None else -1.0)
-        if self._gripper is not None and want != self._gripper:
+        if self._gripper is not None and want != self._gripper:  # the episode's first command is no switch
             since = now - self._switched_at
             if since < self.limits.min_gripper_switch_s:
                 events.append(f"clip: gripper switch to {want:+.0f} waits ({since:.2f} s after the last, "
                               f"min {self.limits.min_gripper_switch_s} s)")
                 return self._gripper
-        if self._gripper is not None and want != self._gripper:  # the episode's first command is no switch
             self._switched_at = now
         self._gripper = want
         return want
@@ -101,9 +114,10 @@ class SafetyFilter:
             a = np.clip(a, -1.0, 1.0)
         delta = a[:3] * self.scale.meters
         step = np.linalg.norm(delta)
-        if step > self.limits.max_step_m:
-            delta *= self.limits.max_step_m / step
-            events.append(f"clip: translation {step:.4f} m -> {self.limits.max_step_m} m")
+        if step > self.max_step_m:
+            delta *= self.max_step_m / step
+            events.append(f"clip: translation {step:.4f} m -> {self.max_step_m:.4f} m per step "
+                          f"({self.limits.max_speed_m_s} m/s at {self.rate_hz:g} Hz)")
         target = obs.state.ee_position + delta
         boxed = np.clip(target, self.limits.workspace_min, self.limits.workspace_max)
         if not np.allclose(boxed, target):
@@ -111,14 +125,15 @@ class SafetyFilter:
             # from outside the box the boxed target can be far away: approach it at the step limit
             move = boxed - obs.state.ee_position
             far = np.linalg.norm(move)
-            if far > self.limits.max_step_m:
-                boxed = obs.state.ee_position + move * (self.limits.max_step_m / far)
+            if far > self.max_step_m:
+                boxed = obs.state.ee_position + move * (self.max_step_m / far)
                 events.append(f"clip: the arm is outside the workspace box, its boxed target {far:.3f} m away; "
-                              f"moving back {self.limits.max_step_m} m per step")
+                              f"moving back {self.max_step_m:.4f} m per step")
         rot = a[3:6] * self.scale.radians
         angle = np.linalg.norm(rot)
-        if angle > self.limits.max_step_rad:
-            rot *= self.limits.max_step_rad / angle
-            events.append(f"clip: rotation {angle:.3f} rad -> {self.limits.max_step_rad} rad")
+        if angle > self.max_step_rad:
+            rot *= self.max_step_rad / angle
+            events.append(f"clip: rotation {angle:.3f} rad -> {self.max_step_rad:.3f} rad per step "
+                          f"({self.limits.max_turn_rad_s} rad/s at {self.rate_hz:g} Hz)")
         gripper = self._binary_gripper(float(a[6]), now, events)
         return Command(boxed, rot, gripper, hold=False, events=tuple(events))

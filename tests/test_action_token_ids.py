@@ -103,7 +103,7 @@ def test_old_checkpoints_keep_their_last_ids_and_openvla_bins_are_checked_before
     (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
     assert load_config(tmp_path / "old").head.token_ids == "end"
     openvla = {"backbone": {"name": "openvla"}, "head": {"type": "tokenized", "num_bins": 256}}
-    with pytest.raises(ConfigError, match="openvla-7b's pretrained action tokens are 255 bins"):
+    with pytest.raises(ConfigError, match="openvla-7b's pretrained action tokens are 255 uniform bins"):
         check_choices(merge(ExperimentConfig(), openvla))
     check_choices(merge(ExperimentConfig(), {**openvla, "head": {"type": "tokenized", "num_bins": 255}}))
     check_choices(merge(ExperimentConfig(), {**openvla, "head": {"type": "tokenized", "token_ids": "end"}}))

@@ -189,6 +189,19 @@ def test_a_given_dataset_sets_the_evaluation_render_size(synthetic_dataset):
     assert adopt_render_size(generated, ds) is generated
 
 
+def test_the_checkpoint_keeps_the_rate_its_data_was_recorded_at(synthetic_dataset):
+    """`vla deploy` acts at data.fps; it comes from the dataset, and a value that disagrees with it is refused."""
+    from vla.config import ConfigError, ExperimentConfig, merge
+    from vla.train.trainer import adopt_recording_rate
+
+    ds = open_dataset(str(synthetic_dataset))
+    assert ds.meta.fps == 20 and adopt_recording_rate(ExperimentConfig(), ds).data.fps == 20
+    agreeing = merge(ExperimentConfig(), {"data": {"fps": 20}})
+    assert adopt_recording_rate(agreeing, ds) is agreeing
+    with pytest.raises(ConfigError, match="data.fps=10, but the dataset is recorded at 20 fps"):
+        adopt_recording_rate(merge(ExperimentConfig(), {"data": {"fps": 10}}), ds)
+
+
 def test_a_dataset_in_another_layout_reads_through_its_keys(synthetic_dataset, tmp_path):
     """openpi's LIBERO dataset keeps the same inputs under image/wrist_image/state/actions: refused with the
     overrides that read it, and read through them it gives the very batches of the LIBERO layout."""
@@ -248,3 +261,29 @@ def test_training_refuses_a_dataset_whose_gripper_opens_on_plus_one(tmp_path):
     unchecked = merge(cfg, {"data": {"check_gripper": False}})
     policy, _ = build_policy_for_training(unchecked, open_dataset(str(root), chunk_size=8))
     assert policy.state_dim == 8
+
+
+def test_training_start_reads_each_column_once(synthetic_dataset, monkeypatch):
+    """Statistics, the gripper check and the frame cache share one read of each numeric column (each read scans
+    the whole table), and the shared arrays cannot be changed through one of them."""
+    import datasets
+
+    reads = []
+    plain = datasets.Dataset.__getitem__
+
+    def counting(self, key):
+        if isinstance(key, str):
+            reads.append(key)
+        return plain(self, key)
+
+    ds = open_dataset(str(synthetic_dataset), chunk_size=4)
+    layout = validate_dataset(ds, ["agentview"], 7, use_state=True)
+    monkeypatch.setattr(datasets.Dataset, "__getitem__", counting)
+    stats = dataset_stats(ds, True, layout.keys)
+    check_dataset_gripper(ds, layout)
+    frames = FrameCache(ds, layout, 4, image_size=16)
+    numeric = [k for k in reads if k in ("action", "observation.state", "episode_index", "task_index")]
+    assert sorted(numeric) == ["action", "episode_index", "observation.state", "task_index"], reads
+    assert np.allclose(stats["action"]["mean"], frames.actions[:, 0].numpy().mean(0), atol=1e-6)
+    frames.state[0] += 1  # the cache's own copy: the shared column stays as read
+    assert np.allclose(stats["state"]["mean"], dataset_stats(ds, True, layout.keys)["state"]["mean"])

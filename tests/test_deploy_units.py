@@ -208,7 +208,7 @@ def test_loop_holds_while_the_server_is_silent_or_a_camera_stalls_and_resumes():
 
 def test_loop_holds_on_nan_and_keeps_out_of_workspace_targets_in_the_box():
     robot, cam = FakeRobot(), FakeCamera("agentview")
-    limits = SafetyLimits()
+    limits = SafetyLimits(max_speed_m_s=2.0)  # 0.02 m per tick at the fake loop's 100 Hz: reaches the box's corner
     mode = {"nan": False}
 
     def make(tick):
@@ -225,7 +225,7 @@ def test_loop_holds_on_nan_and_keeps_out_of_workspace_targets_in_the_box():
         assert np.all(command.target_position >= np.array(limits.workspace_min) - 1e-9)
         assert np.all(command.target_position <= np.array(limits.workspace_max) + 1e-9)
 
-    stats, log = _loop(link, robot, cam, on_tick, steps=70)
+    stats, log = _loop(link, robot, cam, on_tick, steps=70, limits=limits)
     assert np.allclose(robot.pos, limits.workspace_max)  # pushed to the corner of the box, never past it
     assert all(held[t] for t in range(26, 41))  # NaN chunks: hold
     assert not any(held[t] for t in range(50, 70))  # finite again: moves (clipped) again
@@ -419,3 +419,43 @@ def test_the_daemon_executes_actions_at_the_served_checkpoints_scale():
     for bad in ({"meters": 5.0, "radians": 0.1}, {"meters": 0.1}, "0.1"):
         with pytest.raises(ValueError, match="action_scale"):
             served_action_scale({"action_scale": bad})
+
+
+def test_the_daemon_acts_at_the_rate_the_policys_data_was_recorded_at():
+    """A delta action is a displacement per recorded step: at 15 Hz a policy trained on 20 fps data moves the arm
+    at 0.75x its demonstrations' speed. No --rate: the served rate; another one, or none served, is logged."""
+    import argparse
+
+    from real_robot.daemon import DEFAULT_RATE_HZ, control_rate
+
+    def rate(given, meta):
+        return control_rate(argparse.Namespace(rate=given), meta)
+
+    assert rate(None, {"control_hz": 20}) == (20.0, None)
+    assert rate(20.0, {"control_hz": 20}) == (20.0, None)
+    slower, note = rate(15.0, {"control_hz": 20})
+    assert slower == 15.0 and "0.75x as fast" in note and "recorded at 20 Hz" in note
+    assert rate(None, {})[0] == rate(None, {"control_hz": None})[0] == DEFAULT_RATE_HZ
+    assert "does not say" in rate(None, {})[1]
+    for bad in ("fast", -5, 0, 5000):
+        with pytest.raises(ValueError, match="control_hz"):
+            rate(None, {"control_hz": bad})
+    with pytest.raises(ValueError, match="--rate"):
+        rate(0.0, {"control_hz": 20})
+
+
+def test_frames_are_sent_at_the_size_the_policys_training_images_were_stored_at():
+    import argparse
+
+    from real_robot.daemon import DEFAULT_IMAGE_SIZE, frame_size
+
+    def size(given, meta):
+        return frame_size(argparse.Namespace(image_size=given), meta)
+
+    assert size(None, {"image_size": 256}) == 256 and size(64, {"image_size": 256}) == 64
+    assert size(None, {}) == size(None, {"image_size": None}) == DEFAULT_IMAGE_SIZE
+    for bad in ("256", 2.5, True):
+        with pytest.raises(ValueError, match="image_size"):
+            size(None, {"image_size": bad})
+    with pytest.raises(ValueError, match="outside 8..2048"):
+        size(4, {})

@@ -49,9 +49,10 @@ def test_an_arm_outside_the_workspace_goes_back_at_the_step_limit():
     limits = SafetyLimits()
     lo, hi = np.array(limits.workspace_min), np.array(limits.workspace_max)
     pos = np.array([0.5, 0.0, 0.9])  # 0.3 m above the box's ceiling
-    cmd = SafetyFilter(limits)(np.zeros(7), _obs(pos=pos), NOW, now=NOW)
-    assert not cmd.hold and np.linalg.norm(cmd.target_position - pos) == pytest.approx(limits.max_step_m)
-    assert _outside(cmd.target_position, lo, hi) == pytest.approx(0.3 - limits.max_step_m)
+    f = SafetyFilter(limits)
+    cmd = f(np.zeros(7), _obs(pos=pos), NOW, now=NOW)
+    assert not cmd.hold and np.linalg.norm(cmd.target_position - pos) == pytest.approx(f.max_step_m)
+    assert _outside(cmd.target_position, lo, hi) == pytest.approx(0.3 - f.max_step_m)
     assert any("outside the workspace box" in e for e in cmd.events)
 
 
@@ -60,7 +61,7 @@ def test_translation_rotation_workspace_and_gripper_are_clipped_and_reported():
     f = SafetyFilter(limits)
     cmd = f(np.array([1.0, 1.0, 0, 1.0, 0, 0, -1.0]), _obs(), NOW, now=NOW)
     step = np.linalg.norm(cmd.target_position - _obs().state.ee_position)
-    assert step == pytest.approx(limits.max_step_m) and np.linalg.norm(cmd.delta_rotvec) == pytest.approx(limits.max_step_rad)
+    assert step == pytest.approx(0.02) and np.linalg.norm(cmd.delta_rotvec) == pytest.approx(0.15)  # at 15 Hz
     assert any("translation" in e for e in cmd.events) and any("rotation" in e for e in cmd.events)
     # pushing down into the table from just above it stops at the box floor
     cmd = f(np.array([0, 0, -1.0, 0, 0, 0, -1.0]), _obs(pos=(0.5, 0.0, 0.025)), NOW, now=NOW)
@@ -93,8 +94,8 @@ def test_fuzzed_actions_never_leave_the_limits():
             assert np.all(cmd.target_position >= lo - 1e-12) and np.all(cmd.target_position <= hi + 1e-12)
         elif not cmd.hold:  # outside: never further from the box
             assert _outside(cmd.target_position, lo, hi) <= _outside(pos, lo, hi) + 1e-12
-        assert np.linalg.norm(cmd.target_position - pos) <= limits.max_step_m + 1e-9
-        assert np.linalg.norm(cmd.delta_rotvec) <= limits.max_step_rad + 1e-9
+        assert np.linalg.norm(cmd.target_position - pos) <= f.max_step_m + 1e-9
+        assert np.linalg.norm(cmd.delta_rotvec) <= f.max_step_rad + 1e-9
         assert cmd.gripper in (-1.0, 1.0) or (cmd.hold and cmd.gripper == 0.0)
         assert np.all(np.isfinite(cmd.target_position))
 
@@ -102,8 +103,10 @@ def test_fuzzed_actions_never_leave_the_limits():
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError, match="workspace_min"):
         SafetyLimits(workspace_min=(1, 0, 0), workspace_max=(0, 1, 1))
-    with pytest.raises(ValueError, match="max_step_m"):
-        SafetyLimits(max_step_m=0)
+    with pytest.raises(ValueError, match="max_speed_m_s"):
+        SafetyLimits(max_speed_m_s=0)
+    with pytest.raises(ValueError, match="rate_hz"):
+        SafetyFilter(rate_hz=0)
 
 
 def test_a_hold_keeps_the_last_commanded_gripper_and_zero_rotation():
@@ -119,3 +122,15 @@ def test_a_hold_keeps_the_last_commanded_gripper_and_zero_rotation():
         assert cmd.hold and cmd.gripper == 1.0 and np.array_equal(cmd.delta_rotvec, np.zeros(3))
     held = f(np.zeros(7), _obs(joint_vel=2.0), NOW, now=NOW)
     assert held.hold and held.gripper == 1.0
+
+
+def test_the_speed_limits_hold_at_any_control_rate():
+    """Per-step limits would let a faster loop move the arm faster (0.02 m per step is 0.3 m/s at 15 Hz, 1 m/s at
+    50 Hz); the limits are speeds, so the step shrinks with the period."""
+    limits = SafetyLimits()
+    for rate in (5.0, 15.0, 20.0, 50.0):
+        cmd = SafetyFilter(limits, rate_hz=rate)(np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]), _obs(), NOW, now=NOW)
+        moved = np.linalg.norm(cmd.target_position - _obs().state.ee_position)
+        assert moved * rate == pytest.approx(limits.max_speed_m_s), rate
+        assert np.linalg.norm(cmd.delta_rotvec) * rate == pytest.approx(limits.max_turn_rad_s), rate
+        assert any(f"m/s at {rate:g} Hz" in e for e in cmd.events)

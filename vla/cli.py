@@ -143,7 +143,11 @@ def _run(args) -> int:
         meters, radians = ACTION_SCALES[policy.cfg.sim]
         meta = {"checkpoint": str(args.ckpt), "policy": policy.cfg.policy, "chunk_size": policy.cfg.head.chunk_size,
                 "action_dim": policy.cfg.head.action_dim, "cameras": list(policy.cfg.data.cameras),
-                "sim": policy.cfg.sim, "action_scale": {"meters": meters, "radians": radians}}
+                "sim": policy.cfg.sim, "action_scale": {"meters": meters, "radians": radians},
+                # the rate its data was recorded at: the daemon acts at it (None: trained before it was kept)
+                "control_hz": policy.cfg.data.fps,
+                # the size its training images were stored at (and its simulator renders): frames are sent at it
+                "image_size": policy.cfg.demos.image_size}
         run(policy_infer(policy), args.host, args.port, args.api_key, meta)
         return 0
     if args.cmd == "deploy":

@@ -124,6 +124,9 @@ class DataConfig:
     camera_keys: dict[str, str] = field(default_factory=dict)
     state_key: str = "observation.state"
     action_key: str = "action"
+    # the rate the dataset was recorded at (frames/s, LeRobot's fps): read from it at training start and kept in the
+    # checkpoint, so `vla deploy` acts at the rate the actions were recorded at; another value is refused
+    fps: int | None = None
 
 
 @dataclass

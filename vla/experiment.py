@@ -46,15 +46,13 @@ def check_choices(cfg: ExperimentConfig) -> None:
     for key, value, valid in choices:
         if value not in valid:
             raise ConfigError(f"{key} '{value}' is unknown; valid: {', '.join(valid)}")
-    from vla.heads import samples_bins
+    from vla.heads import refuse_other_bin_count, samples_bins
 
     if cfg.backbone.name == "openvla" and samples_bins(h) and h.token_ids == "auto":
         from vla.backbones.openvla import ACTION_BINS
 
-        if h.num_bins != ACTION_BINS:  # before the 7B download: the head would refuse it once built
-            raise ConfigError(f"head.num_bins={h.num_bins}, but openvla-7b's pretrained action tokens are "
-                              f"{ACTION_BINS} bins; set head.num_bins={ACTION_BINS} to fine-tune them, or "
-                              "head.token_ids=end to learn new tokens")
+        # before the 7B download: the head would refuse it once built
+        refuse_other_bin_count(h.num_bins, ACTION_BINS, "openvla-7b's", ConfigError)
     unused = sorted(set(cfg.data.camera_keys) - set(cfg.data.cameras))
     if unused:
         raise ConfigError(f"data.camera_keys maps camera(s) {unused} the policy does not read (data.cameras="

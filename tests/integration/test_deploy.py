@@ -84,7 +84,7 @@ def test_deploy_records_an_episode_that_loads_and_stops_cleanly_on_sigterm(tiny_
         while not (log_path.exists() and '"episode_start"' in log_path.read_text()):
             assert daemon.poll() is None and time.time() < deadline, daemon.stderr.read()[-3000:] if daemon.poll() else "slow"
             time.sleep(0.1)
-        # ~120 ticks at 15 Hz; the checks below need 30 ticks run and 25 commands sent, so a loop that skips
+        # ~160 ticks at 20 Hz; the checks below need 30 ticks run and 25 commands sent, so a loop that skips
         # ticks on a loaded machine or a slow first answer still leaves room (4 s once failed in CI)
         time.sleep(8.0)
         daemon.send_signal(signal.SIGTERM)
@@ -102,8 +102,12 @@ def test_deploy_records_an_episode_that_loads_and_stops_cleanly_on_sigterm(tiny_
     stalls = [e for e in events if e["event"] == "overrun" and e["late_ms"] > 3000]
     assert end["stopped"] and end["sent"] >= 25 and end["ticks"] >= 30 and not stalls, \
         json.dumps([e for e in events if e["event"] != "safety"])[-3000:]
+    # no --rate: the daemon acts at the rate the served policy's data was recorded at (20 fps) and records at it
+    start = next(e for e in events if e["event"] == "start")
+    assert start["rate_hz"] == 20 and "rate" not in kinds
     saved = next(e for e in events if e["event"] == "episode_saved")
     ds = open_dataset(str(record), chunk_size=8)
+    assert ds.meta.fps == 20
     validate_dataset(ds, ["agentview", "wrist"], 7, True)
     # every tick from the first command on (earlier ticks have no gripper target to record)
     assert ds.meta.total_episodes == 1 and len(ds) == saved["frames"] == end["recorded"] >= end["sent"]

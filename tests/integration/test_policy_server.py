@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = merge(ExperimentConfig(), {"backbone": {"image_size": 32}, "head": {"chunk_size": 4}})
+    cfg = merge(ExperimentConfig(), {"backbone": {"image_size": 32}, "head": {"chunk_size": 4}, "data": {"fps": 20}})
     rng = np.random.default_rng(0)
     stats = {"action": compute_stats(rng.normal(size=(100, 7)), "action"), "state": compute_stats(rng.normal(size=(100, 8)), "state")}
     ckpt = tmp_path_factory.mktemp("ckpt") / "policy"
@@ -62,6 +62,8 @@ def test_served_actions_equal_local_inference_and_health_answers(served):
     # what the actions mean: the daemon executes them at this scale (LIBERO's for a LIBERO checkpoint)
     assert client.metadata["sim"] == "libero"
     assert client.metadata["action_scale"] == {"meters": 0.05, "radians": 0.5}
+    assert client.metadata["control_hz"] == 20  # the rate of the data it was trained on: the daemon acts at it
+    assert client.metadata["image_size"] == 128  # its training images' size: the daemon sends frames at it
     reply = client.infer(_obs())
     local = load_policy(ckpt)
     o = _obs()

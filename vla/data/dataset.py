@@ -7,6 +7,7 @@ datasets of a CPU run; `StreamingFrames` reads through lerobot on every access f
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +107,18 @@ def _has_keys(features, keys: DatasetKeys, cameras: list[str], use_state: bool) 
     return all(k in features for k in needed)
 
 
-def _column(ds, key: str) -> np.ndarray:
-    return np.stack(ds.hf_dataset.with_format("numpy")[key]).astype(np.float32)
+# A column read scans the whole table, and training start needs the action, state and episode columns in the
+# statistics, the gripper check and the frame cache: each is read once per opened dataset, and kept read-only.
+_COLUMNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _column(ds, key: str, dtype: type = np.float32) -> np.ndarray:
+    read = _COLUMNS.setdefault(ds, {})
+    if (key, dtype) not in read:
+        values = np.stack(ds.hf_dataset.with_format("numpy")[key]).astype(dtype)
+        values.flags.writeable = False
+        read[(key, dtype)] = values
+    return read[(key, dtype)]
 
 
 def dataset_stats(ds, use_state: bool, keys: DatasetKeys = DatasetKeys()) -> dict[str, dict[str, np.ndarray]]:
@@ -136,7 +147,7 @@ def check_dataset_gripper(ds, layout: DatasetLayout) -> None:
     from vla.data.gripper_check import check_gripper_convention
 
     actions = _column(ds, layout.keys.action)
-    episodes = np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"])
+    episodes = _column(ds, "episode_index", np.int64)
     state = _column(ds, layout.keys.state) if layout.keys.state in ds.meta.features else None
     try:
         check_gripper_convention(actions, episodes, state, actions.shape[1] - 1)
@@ -178,15 +189,14 @@ class FrameCache:
         for u8 in loader:  # (b, cams, size, size, 3) uint8
             self.images[i:i + len(u8)] = u8
             i += len(u8)
-        episode = np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"])
-        acts, pad = action_chunks(_column(ds, layout.keys.action), episode, chunk_size)
+        acts, pad = action_chunks(_column(ds, layout.keys.action), _column(ds, "episode_index", np.int64), chunk_size)
         bad = ~np.isfinite(acts)
         if bad.any():
             raise DatasetError(f"'{layout.keys.action}' holds NaN/inf values (frame {int(np.argwhere(bad)[0, 0])})")
         self.actions = torch.from_numpy(acts)
         self.action_pad = torch.from_numpy(pad)
-        self.state = torch.from_numpy(_column(ds, layout.keys.state)) if layout.state_dim else torch.zeros(n, 0)
-        task_index = np.asarray(ds.hf_dataset.with_format("numpy")["task_index"]).astype(np.int64)
+        self.state = torch.from_numpy(_column(ds, layout.keys.state).copy()) if layout.state_dim else torch.zeros(n, 0)
+        task_index = _column(ds, "task_index", np.int64)
         names = {int(row.task_index): name for name, row in ds.meta.tasks.iterrows()}
         self.tasks = [names[int(t)] for t in task_index]
 

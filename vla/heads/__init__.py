@@ -26,11 +26,16 @@ def _token_top_id(cfg: HeadConfig, backbone: Backbone, kind: str) -> int | None:
     if not samples_bins(cfg, kind) or cfg.token_ids == "end" or pretrained is None:
         return None
     top_id, num_bins = pretrained
-    if cfg.num_bins != num_bins:
-        raise ValueError(f"head.num_bins={cfg.num_bins}, but this backbone's pretrained action tokens are {num_bins} "
-                         f"uniform bins on [-1, 1] (ids {top_id - num_bins + 1}..{top_id}); set head.num_bins="
-                         f"{num_bins} to fine-tune them, or head.token_ids=end to learn new tokens")
+    refuse_other_bin_count(cfg.num_bins, num_bins, f"this backbone's (ids {top_id - num_bins + 1}..{top_id})")
     return top_id
+
+
+def refuse_other_bin_count(num_bins: int, pretrained_bins: int, whose: str, error: type[Exception] = ValueError) -> None:
+    """Pretrained action tokens fix the bin count: another head.num_bins would map actions onto the wrong tokens."""
+    if num_bins != pretrained_bins:
+        raise error(f"head.num_bins={num_bins}, but {whose} pretrained action tokens are {pretrained_bins} uniform "
+                    f"bins on [-1, 1]; set head.num_bins={pretrained_bins} to fine-tune them, or "
+                    "head.token_ids=end to learn new tokens")
 
 
 def build_head(cfg: HeadConfig, backbone: Backbone, _type: str | None = None) -> ActionHead:

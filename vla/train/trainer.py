@@ -102,6 +102,19 @@ def adopt_render_size(cfg: ExperimentConfig, ds) -> ExperimentConfig:
     return merge(cfg, {"demos": {"image_size": size}})
 
 
+def adopt_recording_rate(cfg: ExperimentConfig, ds) -> ExperimentConfig:
+    """data.fps = the dataset's frame rate, kept in the checkpoint: a delta action is a displacement per recorded
+    step, so executed at another rate the arm moves faster or slower than in its demonstrations (`vla deploy`
+    acts at this rate unless told otherwise). A data.fps that disagrees with the dataset is refused."""
+    fps = int(ds.meta.fps)
+    if cfg.data.fps is None:
+        return merge(cfg, {"data": {"fps": fps}})
+    if cfg.data.fps != fps:
+        raise ConfigError(f"data.fps={cfg.data.fps}, but the dataset is recorded at {fps} fps; leave data.fps unset "
+                          "(it is read from the dataset) or train on data recorded at that rate")
+    return cfg
+
+
 def train(cfg: ExperimentConfig, dataset: str) -> Path:
     """Train to cfg.train.steps (resuming from the last checkpoint if any); returns the last checkpoint."""
     if cfg.train.torch_threads > 0:
@@ -113,7 +126,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
 
         cfg = adopt_base_config(cfg)  # the dataset is read with the base's cameras, proprio and chunk size
     ds = open_dataset(dataset, cfg.head.chunk_size, cfg.data.action_key)
-    cfg = adopt_render_size(cfg, ds)
+    cfg = adopt_recording_rate(adopt_render_size(cfg, ds), ds)
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
     if ddp.main:
@@ -192,7 +205,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
 
 # what may change when a run resumes: how long and how often it saves/logs, where it runs, evaluation and RL
 # settings, where the data lives. Anything else means another experiment, which must not continue this one's weights.
-RESUMABLE = ("output_dir", "device", "data.dataset", "data.cache_in_memory", "data.check_gripper", "data.camera_keys",
+RESUMABLE = ("output_dir", "device", "data.dataset", "data.fps", "data.cache_in_memory", "data.check_gripper", "data.camera_keys",
              "data.state_key", "data.action_key", "demos.image_size", "eval.", "rl.", "head.sampler",
              "train.steps", "train.save_every", "train.keep_last", "train.log_every", "train.torch_threads",
              "train.tensorboard", "train.wandb", "train.resume")
