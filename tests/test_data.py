@@ -190,16 +190,16 @@ def test_a_given_dataset_sets_the_evaluation_render_size(synthetic_dataset):
 
 
 def test_the_checkpoint_keeps_the_rate_its_data_was_recorded_at(synthetic_dataset):
-    """`vla deploy` acts at data.fps; it comes from the dataset, and a value that disagrees with it is refused."""
+    """`vla deploy` acts at data.fps: the dataset's fps unless given (a dataset's fps can be nominal)."""
     from vla.config import ConfigError, ExperimentConfig, merge
     from vla.train.trainer import adopt_recording_rate
 
     ds = open_dataset(str(synthetic_dataset))
     assert ds.meta.fps == 20 and adopt_recording_rate(ExperimentConfig(), ds).data.fps == 20
-    agreeing = merge(ExperimentConfig(), {"data": {"fps": 20}})
-    assert adopt_recording_rate(agreeing, ds) is agreeing
-    with pytest.raises(ConfigError, match="data.fps=10, but the dataset is recorded at 20 fps"):
-        adopt_recording_rate(merge(ExperimentConfig(), {"data": {"fps": 10}}), ds)
+    given = merge(ExperimentConfig(), {"data": {"fps": 10}})
+    assert adopt_recording_rate(given, ds) is given
+    with pytest.raises(ConfigError, match="data.fps must be a positive"):
+        adopt_recording_rate(merge(ExperimentConfig(), {"data": {"fps": 0}}), ds)
 
 
 def test_a_dataset_in_another_layout_reads_through_its_keys(synthetic_dataset, tmp_path):

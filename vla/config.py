@@ -124,8 +124,8 @@ class DataConfig:
     camera_keys: dict[str, str] = field(default_factory=dict)
     state_key: str = "observation.state"
     action_key: str = "action"
-    # the rate the dataset was recorded at (frames/s, LeRobot's fps): read from it at training start and kept in the
-    # checkpoint, so `vla deploy` acts at the rate the actions were recorded at; another value is refused
+    # the control rate the dataset's actions were recorded at (Hz), kept in the checkpoint so `vla deploy` acts at it;
+    # None = the dataset's fps (set it where that is nominal: openpi's LIBERO conversion says 10 for 20 Hz control)
     fps: int | None = None
 
 

@@ -103,15 +103,18 @@ def adopt_render_size(cfg: ExperimentConfig, ds) -> ExperimentConfig:
 
 
 def adopt_recording_rate(cfg: ExperimentConfig, ds) -> ExperimentConfig:
-    """data.fps = the dataset's frame rate, kept in the checkpoint: a delta action is a displacement per recorded
-    step, so executed at another rate the arm moves faster or slower than in its demonstrations (`vla deploy`
-    acts at this rate unless told otherwise). A data.fps that disagrees with the dataset is refused."""
+    """data.fps: the control rate the dataset's actions were recorded at, kept in the checkpoint. A delta action is a
+    displacement per recorded step, so executed at another rate the arm moves faster or slower than in its
+    demonstrations (`vla deploy` acts at this rate unless told otherwise). Unset, it is the dataset's fps; a given
+    value wins, since a dataset's fps can be nominal (openpi's LIBERO conversion stores 10 for 20 Hz control)."""
     fps = int(ds.meta.fps)
     if cfg.data.fps is None:
         return merge(cfg, {"data": {"fps": fps}})
+    if not cfg.data.fps > 0:
+        raise ConfigError(f"data.fps must be a positive control rate in Hz, got {cfg.data.fps}")
     if cfg.data.fps != fps:
-        raise ConfigError(f"data.fps={cfg.data.fps}, but the dataset is recorded at {fps} fps; leave data.fps unset "
-                          "(it is read from the dataset) or train on data recorded at that rate")
+        print(f"[train] data.fps={cfg.data.fps}: the policy's actions are taken as recorded at {cfg.data.fps} Hz, "
+              f"not the dataset's stated {fps} fps", flush=True)
     return cfg
 
 
