@@ -66,3 +66,19 @@ def test_unknown_names_are_refused_when_the_config_resolves(override, message):
 
     with pytest.raises(ConfigError, match=message):
         resolve_config("openvla_oft", "libero", None, [override])
+
+
+def test_a_config_file_or_override_naming_another_simulator_or_recipe_is_refused(tmp_path):
+    """SIM= and POLICY= pick the defaults applied before a --config file; a file saying `sim: maniskill` under the
+    default SIM=libero would run ManiSkill with LIBERO's demo suite. The same value is accepted."""
+    other, same = tmp_path / "other.yaml", tmp_path / "same.yaml"
+    other.write_text("sim: maniskill\ntrain:\n  steps: 5\n")
+    same.write_text("sim: libero\npolicy: pi0\ntrain:\n  steps: 5\n")
+    with pytest.raises(ConfigError, match=r"sets sim: maniskill, but the command runs sim libero .*SIM=maniskill"):
+        resolve_config("pi0", "libero", str(other))
+    assert resolve_config("pi0", "maniskill", str(other)).demos.suite == "maniskill"
+    assert resolve_config("pi0", "libero", str(same)).train.steps == 5
+    with pytest.raises(ConfigError, match="sets policy: pi0, but the command runs policy openvla_oft"):
+        resolve_config("openvla_oft", "libero", str(same))
+    with pytest.raises(ConfigError, match="an override sets sim: maniskill"):
+        resolve_config("pi0", "libero", None, ["sim=maniskill"])

@@ -20,10 +20,24 @@ def resolve_config(policy: str, sim_name: str, config_file: str | None = None, o
     if sim_yaml.is_file():
         cfg = merge(cfg, load_yaml(sim_yaml))
     if config_file:
-        cfg = merge(cfg, load_yaml(config_file))
-    cfg = merge(cfg, parse_overrides(overrides or []))
+        from_file = load_yaml(config_file)
+        _refuse_another_recipe(f"--config {config_file}", from_file, policy, sim_name)
+        cfg = merge(cfg, from_file)
+    given = parse_overrides(overrides or [])
+    _refuse_another_recipe("an override", given, policy, sim_name)
+    cfg = merge(cfg, given)
     check_choices(cfg)
     return cfg
+
+
+def _refuse_another_recipe(source: str, updates: dict, policy: str, sim_name: str) -> None:
+    """The recipe and the simulator's defaults are applied before a config file and overrides, from POLICY= and
+    SIM=; a file saying another one would run a mix of both (another simulator with this one's demo suite)."""
+    for key, chosen, flag in (("policy", policy, "POLICY"), ("sim", sim_name, "SIM")):
+        if key in updates and updates[key] != chosen:
+            raise ConfigError(f"{source} sets {key}: {updates[key]}, but the command runs {key} {chosen} "
+                              f"({flag}={chosen}, the default unless given, picks the defaults applied first); run "
+                              f"with {flag}={updates[key]} (--{key} {updates[key]})")
 
 
 def check_choices(cfg: ExperimentConfig) -> None:
