@@ -127,6 +127,8 @@ class DataConfig:
     # the control rate the dataset's actions were recorded at (Hz), kept in the checkpoint so `vla deploy` acts at it;
     # None = the dataset's fps (set it where that is nominal: openpi's LIBERO conversion says 10 for 20 Hz control)
     fps: int | None = None
+    # whole episodes held out of training (a seeded draw) and scored at every checkpoint (vla/train/validation.py)
+    val_episodes: int = 0
 
 
 @dataclass
@@ -156,6 +158,7 @@ class TrainConfig:
     tensorboard: bool = False
     wandb: bool = False
     resume: bool = True  # continue from the last checkpoint in output_dir when there is one
+    val_every: int = 0  # steps between held-out scores (data.val_episodes > 0); 0 = at every checkpoint
 
 
 @dataclass

@@ -78,8 +78,9 @@ class Policy(nn.Module):
         """BC loss (forward is what DDP wraps)."""
         return self.loss(batch, generator)
 
-    def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        prefix = self.build_prefix(batch["images"], batch["state"], batch["task"], generator, augment=True)
+    def loss(self, batch: dict, generator: torch.Generator | None = None,
+             augment: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        prefix = self.build_prefix(batch["images"], batch["state"], batch["task"], generator, augment=augment)
         actions = self.normalizer.normalize(ACTION, batch["action"].float()).to(self.device)
         return self.head.loss(prefix, actions, batch["action_pad"].to(self.device), generator)
 

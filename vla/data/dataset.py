@@ -121,12 +121,23 @@ def _column(ds, key: str, dtype: type = np.float32) -> np.ndarray:
     return read[(key, dtype)]
 
 
-def dataset_stats(ds, use_state: bool, keys: DatasetKeys = DatasetKeys()) -> dict[str, dict[str, np.ndarray]]:
-    """Statistics from the raw columns (not lerobot's stats.json: we check them for NaNs ourselves)."""
-    stats = {"action": compute_stats(_column(ds, keys.action), keys.action)}
+def dataset_stats(ds, use_state: bool, keys: DatasetKeys = DatasetKeys(),
+                  rows: np.ndarray | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Statistics from the raw columns (not lerobot's stats.json: we check them for NaNs ourselves), over `rows`
+    (the frames trained on) or all frames."""
+    def column(key: str) -> np.ndarray:
+        values = _column(ds, key)
+        return values if rows is None else values[rows]
+
+    stats = {"action": compute_stats(column(keys.action), keys.action)}
     if use_state:
-        stats["state"] = compute_stats(_column(ds, keys.state), keys.state)
+        stats["state"] = compute_stats(column(keys.state), keys.state)
     return stats
+
+
+def episode_index(ds) -> np.ndarray:
+    """Each frame's episode, read once per opened dataset."""
+    return _column(ds, "episode_index", np.int64)
 
 
 def stored_image_size(ds, cameras: list[str], keys: DatasetKeys = DatasetKeys()) -> int | None:

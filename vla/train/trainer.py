@@ -18,14 +18,15 @@ from transformers import get_cosine_schedule_with_warmup
 from vla.checkpoint import (latest_checkpoint, load_training_state, norm_specs, refuse_other_experiment,
                             save_training_checkpoint)
 from vla.config import ConfigError, ExperimentConfig, merge, to_dict, to_yaml
-from vla.data.dataset import (EpochSampler, FrameCache, StreamingFrames, check_dataset_gripper, dataset_stats, open_dataset,
-                              stored_image_size, validate_dataset)
+from vla.data.dataset import (EpochSampler, FrameCache, StreamingFrames, check_dataset_gripper, dataset_stats, episode_index,
+                              open_dataset, stored_image_size, validate_dataset)
 from vla.data.features import DatasetKeys
 from vla.devices import pick_device, setup_distributed
 from vla.model import Policy
 from vla.normalize import Normalizer
 from vla.train.lora import apply_lora, freeze_vision
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
+from vla.train.validation import split_episodes, validate
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -68,7 +69,8 @@ class Logger:
             self.wandb.log(values, step=step)
 
 
-def build_policy_for_training(cfg: ExperimentConfig, ds) -> tuple[Policy, object]:
+def build_policy_for_training(cfg: ExperimentConfig, ds, rows=None) -> tuple[Policy, object]:
+    """The policy to train, its normalization from the dataset's `rows` (the frames trained on; None = all)."""
     layout = validate_dataset(ds, cfg.data.cameras, cfg.head.action_dim, cfg.data.use_state,
                               DatasetKeys.from_config(cfg.data))
     if cfg.data.check_gripper and cfg.head.action_dim == 7:
@@ -80,7 +82,7 @@ def build_policy_for_training(cfg: ExperimentConfig, ds) -> tuple[Policy, object
     if cfg.head.type in ("flow", "diffusion") and cfg.backbone.gradient_checkpointing:
         raise ConfigError(f"backbone.gradient_checkpointing disables the KV cache the {cfg.head.type} head's expert "
                           "reads; turn one of them off")
-    stats = dataset_stats(ds, cfg.data.use_state, layout.keys)
+    stats = dataset_stats(ds, cfg.data.use_state, layout.keys, rows)
     policy = Policy(cfg, Normalizer(stats, norm_specs(cfg)), layout.state_dim)
     apply_lora(policy, cfg.backbone)
     if cfg.backbone.freeze_vision:
@@ -138,13 +140,19 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
         print(f"resolved config:\n{to_yaml(cfg)}", flush=True)
 
     torch.manual_seed(cfg.train.seed)
-    policy, layout = build_policy_for_training(cfg, ds)
+    try:
+        split = split_episodes(episode_index(ds), cfg.data.val_episodes, cfg.train.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    stats_rows = split.train_rows if split.val_episodes else None  # held-out frames stay unseen, statistics too
+    policy, layout = build_policy_for_training(cfg, ds, stats_rows)
     policy.to(device)
     if cfg.data.cache_in_memory:
         frames = FrameCache(ds, layout, cfg.head.chunk_size, policy.backbone.image_size)
     else:
         frames = StreamingFrames(ds, layout, policy.backbone.image_size)
-    sampler = EpochSampler(len(frames), cfg.train.batch_size, cfg.train.seed, ddp.rank, ddp.world)
+    train_rows = split.train_rows.tolist()
+    sampler = EpochSampler(len(train_rows), cfg.train.batch_size, cfg.train.seed, ddp.rank, ddp.world)
     aug_gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + ddp.rank)
 
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -164,7 +172,10 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
     n_params = sum(p.numel() for p in policy.parameters())
     n_train = sum(p.numel() for p in params)
     if ddp.main:
-        print(f"policy: {n_params:,} parameters ({n_train:,} trainable); {len(frames)} frames; device {device}", flush=True)
+        print(f"policy: {n_params:,} parameters ({n_train:,} trainable); {len(train_rows)} frames; device {device}",
+              flush=True)
+        if split.val_episodes:
+            print(f"held out: episodes {list(split.val_episodes)} ({len(split.val_rows)} frames)", flush=True)
 
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not ddp.main, dynamic_ncols=True)
     last = latest_checkpoint(ckpt_root) if step else None
@@ -176,7 +187,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
         if ddp.world > 1:  # only rank 0 checkpoints: seed each rank's stream from (seed, rank, step), so a resume
             aug_gen.manual_seed((cfg.train.seed * 7919 + ddp.rank) * 1_000_003 + step)  # reproduces every rank's
         for _ in range(cfg.train.grad_accum):
-            batch = frames.batch(sampler.next_batch())
+            batch = frames.batch([train_rows[i] for i in sampler.next_batch()])
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss, part = model(batch, aug_gen)
             (loss / cfg.train.grad_accum).backward()
@@ -196,7 +207,14 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
             logger.log(step, logs)
             tic, seen = time.perf_counter(), 0
-        if ddp.main and (step % cfg.train.save_every == 0 or step == cfg.train.steps):
+        saving = step % cfg.train.save_every == 0 or step == cfg.train.steps
+        every = cfg.train.val_every or cfg.train.save_every
+        if ddp.main and split.val_episodes and (step % every == 0 or step == cfg.train.steps):
+            scores = validate(policy, frames, split, cfg.train.batch_size, cfg.train.seed,
+                              lambda: torch.autocast(device.type, dtype=amp, enabled=amp is not None))
+            print(f"[train] step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()), flush=True)
+            logger.log(step, scores)
+        if ddp.main and saving:
             last = _save(ckpt_root, step, policy, optimizer, scheduler, sampler, aug_gen, cfg.train.keep_last)
         if ddp.world > 1:
             dist.barrier()
