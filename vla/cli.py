@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (default: the checkpoint's own device setting)"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="openvla_oft", help="recipe in policies/ (POLICY=)")
     p.add_argument("--sim", default="libero", help="simulator (SIM=)")
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--ckpt", required=True)
     ev.add_argument("--tasks", default=None, help="comma-separated task ids (default: the ones trained on)")
     ev.add_argument("--episodes", type=int, default=None)
+    ev.add_argument("--device", default=None, help=DEVICE_HELP)
     fit = sub.add_parser("fit", help="does a BC checkpoint follow the placement? its first chunk against the demos'")
     fit.add_argument("--ckpt", required=True)
     fit.add_argument("--episodes", type=int, default=20, help="demos compared (their first frames)")
@@ -49,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--episodes", type=int, default=50, help="episodes per task (standard protocol: 50)")
     sw.add_argument("--max-steps", type=int, default=None, help="default: the suite's standard value")
     sw.add_argument("--workers", type=int, default=2)
+    sw.add_argument("--device", default=None, help=DEVICE_HELP + " (--ray shards run where Ray placed them: on the "
+                    "CPUs they asked for)")
     sw.add_argument("--shard", default="0/1", help="i/N: run every N-th episode starting at i")
     sw.add_argument("--ray", default=None, metavar="ADDRESS",
                     help="shard the sweep over a running Ray cluster: auto or <head ip>:6379 (RAY=; ray extra)")
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --api-key")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", default=None)
+    sv.add_argument("--device", default=None, help=DEVICE_HELP)
     dp = sub.add_parser("deploy", help="run a served policy on a robot (or the MuJoCo stand-in) at a fixed rate")
     from real_robot.daemon import add_arguments as add_deploy_arguments
 
@@ -92,7 +99,7 @@ def _run(args) -> int:
 
         tasks = [int(t) for t in args.tasks.split(",")] if args.tasks else None
         try:
-            report = experiment.evaluate_checkpoint(Path(args.ckpt), tasks, args.episodes)
+            report = experiment.evaluate_checkpoint(Path(args.ckpt), tasks, args.episodes, args.device)
         except CheckpointError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -136,7 +143,7 @@ def _run(args) -> int:
         from real_robot.server import policy_infer, run
         from vla.checkpoint import load_policy
 
-        policy = load_policy(args.ckpt)
+        policy = load_policy(args.ckpt, args.device)
         from sim.base import ACTION_SCALES
 
         # what the actions mean: the daemon executes them at the scale of the simulator the checkpoint was trained in
@@ -221,7 +228,8 @@ def _sweep(args) -> int:
                              f"{sim_name}; a checkpoint is swept in its own simulator: use --suite "
                              f"{FULL_SWEEP.get(cfg.sim, cfg.sim)} or some of its suites (or leave --suite out)")
         suites = resolve_suites(suite, tasks)
-        policy = None if args.ray else load_policy(args.ckpt)  # with --ray the shards load it on their nodes
+        # with --ray the shards load it on their nodes
+        policy = None if args.ray else load_policy(args.ckpt, args.device)
     except CheckpointError as err:
         raise ValueError(str(err)) from err
     protocol = Protocol(episodes_per_task=args.episodes, max_steps=args.max_steps,

@@ -105,11 +105,12 @@ def ensure_demos(cfg: ExperimentConfig) -> Path:
     return root
 
 
-def evaluate_checkpoint(ckpt: Path, tasks: list[int] | None = None, episodes: int | None = None) -> dict:
+def evaluate_checkpoint(ckpt: Path, tasks: list[int] | None = None, episodes: int | None = None,
+                        device: str | None = None) -> dict:
     from vla.checkpoint import load_policy
     from vla.eval.rollout import evaluate, summarize, EpisodeResult
 
-    policy = load_policy(ckpt)
+    policy = load_policy(ckpt, device)
     cfg = policy.cfg
     tasks = cfg.demos.tasks if tasks is None else tasks
     episodes = cfg.eval.episodes if episodes is None else episodes

@@ -90,6 +90,7 @@ def run_shard(ckpt: str, suites: dict[str, list[int]], protocol: dict, shard: tu
     import torch
 
     from vla.checkpoint import load_policy
+    from vla.devices import ray_worker_device
     from vla.eval.sweep import run_sweep
 
     node = socket.gethostname()
@@ -98,7 +99,7 @@ def run_shard(ckpt: str, suites: dict[str, list[int]], protocol: dict, shard: tu
                                 "node from that path (put it on a shared filesystem, or copy it to that path)")
     tic = time.perf_counter()
     torch.set_num_threads(workers)  # the task holds `workers` CPUs; Ray sets OMP_NUM_THREADS the same way
-    policy = load_policy(ckpt)
+    policy = load_policy(ckpt, ray_worker_device())
     work = _scratch_dir(shard)
 
     def send(row: dict) -> None:

@@ -107,13 +107,14 @@ class RolloutActor:
     def __init__(self, files: dict[str, bytes], workers: int, image_size: int, sim: str, max_steps: int | None,
                  seed: int, torch_threads: int, reward: str = "sparse"):
         from vla.checkpoint import load_policy
+        from vla.devices import ray_worker_device
         from vla.rl.rollout import EnvPool
 
         torch.set_num_threads(torch_threads)
         self._dir = tempfile.TemporaryDirectory(prefix="vla_rl_actor_")
         for name, data in files.items():
             (Path(self._dir.name) / name).write_bytes(data)
-        self.policy = load_policy(self._dir.name).eval()
+        self.policy = load_policy(self._dir.name, ray_worker_device()).eval()
         self.pool = EnvPool(workers, image_size, sim, max_steps, seed, reward=reward)
 
     def collect(self, weights: bytes, plan: list[list], seed: int) -> dict:

@@ -241,8 +241,8 @@ def _save(root, step, policy, optimizer, scheduler, sampler, aug_gen, keep_last)
     tensors, opt_meta = optimizer_to_tensors(optimizer)
     tensors["rng/torch"] = torch.get_rng_state()
     tensors["rng/augment"] = aug_gen.get_state()
-    if torch.cuda.is_available():
-        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    if policy.device.type == "cuda":  # the training GPU's generator (dropout, noise drawn on the device)
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(policy.device)
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     state = {"step": step, "optimizer": opt_meta, "scheduler": sched, "sampler": sampler.state_dict()}
     return save_training_checkpoint(root, step, policy, tensors, state, keep_last)
@@ -260,6 +260,6 @@ def _restore(directory: Path, policy, optimizer, scheduler, sampler, aug_gen) ->
     sampler.load_state_dict(state["sampler"])
     torch.set_rng_state(tensors["rng/torch"])
     aug_gen.set_state(tensors["rng/augment"])
-    if "rng/cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng/cuda"])
+    if "rng/cuda" in tensors and policy.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng/cuda"], policy.device)
     return int(state["step"])
