@@ -47,6 +47,12 @@ if apt-get "${o[@]}" update -qq 2>/dev/null; then
 else
   echo "apt-get update failed (not root?): fetch the loaders with: sudo $0" >&2
 fi
+# SAPIEN's PhysX GPU library: no wheel ships it, SAPIEN downloads it from GitHub on first GPU use, and neither
+# machine reaches GitHub; PHYSX_ZIP=<physx-precompiled's linux-so.zip for sapien 3.0.3's PhysX> carries it
+# (default: ../shared/physx/linux-so.zip when someone has put it there)
+PHYSX_ZIP=${PHYSX_ZIP:-../shared/physx/linux-so.zip}
+if [ -f "$PHYSX_ZIP" ]; then cp "$PHYSX_ZIP" "$B/physx-linux-so.zip"
+else echo "no PhysX GPU library ($PHYSX_ZIP): check.sh's stage 1 will say what is missing" >&2; fi
 if [ -n "${CKPT:-}" ]; then
   mkdir -p "$B/ckpt" && cp "$CKPT"/{config.json,meta.json,model.safetensors,norm_stats.safetensors} "$B/ckpt/"
 fi

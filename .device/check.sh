@@ -22,6 +22,11 @@ NV=/usr/local/nvidia/share
 [ -f $NV/vulkan/icd.d/nvidia_icd.json ] && export VK_ICD_FILENAMES=$NV/vulkan/icd.d/nvidia_icd.json \
   VK_DRIVER_FILES=$NV/vulkan/icd.d/nvidia_icd.json __EGL_VENDOR_LIBRARY_FILENAMES=$NV/glvnd/egl_vendor.d/10_nvidia.json
 nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+# SAPIEN's PhysX GPU library, where SAPIEN looks for it (it would download it: this machine has no internet)
+if [ -f .device/build/physx-linux-so.zip ]; then
+  PHYSX_DIR=$HOME/.sapien/physx/$(python3 -c "from sapien import physx; print(physx.version())")
+  mkdir -p "$PHYSX_DIR" && python3 -m zipfile -e .device/build/physx-linux-so.zip "$PHYSX_DIR" && ls "$PHYSX_DIR"
+fi
 
 stage "1. ManiSkill GPU simulation, N = 8"
 timeout 180 python3 - <<'PY' || { echo "stage 1 failed: the rest needs it"; exit 1; }

@@ -145,6 +145,28 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def ensure_physx_gpu() -> None:
+    """ManiSkill's GPU simulation runs on SAPIEN's PhysX GPU library, which no wheel ships: SAPIEN downloads it
+    from GitHub into ~/.sapien/physx/<version>/ on first use. Offline that fails deep inside env creation with a
+    connection error; here it fails with where the file must go."""
+    import zipfile
+
+    import requests
+    from sapien import physx
+
+    if physx.is_gpu_enabled():
+        return
+    where = os.path.expanduser(f"~/.sapien/physx/{physx.version()}")
+    try:
+        physx.enable_gpu()
+    except (requests.RequestException, zipfile.BadZipFile, OSError) as err:
+        raise RuntimeError(
+            f"ManiSkill's GPU simulation needs SAPIEN's PhysX GPU library (libPhysXGpu_64.so) in {where}, and SAPIEN "
+            f"could not fetch it ({type(err).__name__}: {err}). On a machine without internet, download "
+            f"https://github.com/sapien-sim/physx-precompiled/releases/download/{physx.version()}/linux-so.zip "
+            f"elsewhere and unzip it into {where}; or use the CPU backend") from err
+
+
 def quat_wxyz_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
     """(N, 4) w,x,y,z -> (N, 3) axis-angle with LIBERO's formula (angle = 2 acos(w), no sign canonicalization)."""
     w = q[:, 0].clamp(-1.0, 1.0)
@@ -184,6 +206,8 @@ class ManiSkillBatch:
         self.task = TASKS[self.task_id]
         self.num_envs, self.image_size, self.cameras = num_envs, image_size, cameras
         ensure_vulkan()
+        if self.backend == "gpu":
+            ensure_physx_gpu()
         import gymnasium as gym
         import mani_skill.envs  # noqa: F401  (registers the tasks)
 
