@@ -61,16 +61,20 @@ class ActionExpert(nn.Module):
         if _k_proj_width(self.decoder) != _k_proj_width(base):
             raise ValueError(f"could not build an action expert of width {width} whose keys/values match "
                              f"{type(base).__name__}; try head.expert_width={base.config.hidden_size}")
-        # the expert attends over the backbone's KV cache: it runs in the backbone's dtype (bf16 for a real
-        # checkpoint) outside autocast too, as in evaluation, RL and serving; its in/out projections stay float32
-        self.decoder.to(base.dtype)
+        # the expert attends over the backbone's KV cache, so it computes in the backbone's dtype (bf16 for a real
+        # checkpoint), also outside autocast (evaluation, RL, serving); its weights stay float32, since the
+        # optimizer's steps on bf16 weights round away below ~1/256 of a weight
+        self.compute_dtype = base.dtype
         self.width = width
         self.action_in = nn.Linear(action_dim, width)
         self.time_mlp = nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, width))
         self.action_out = nn.Linear(width, action_dim)
 
     def run(self, embeds, mask, positions, past_key_values=None, use_cache: bool = False):
-        return run_decoder(self.decoder, embeds, mask, positions, past_key_values, use_cache)
+        if self.compute_dtype == torch.float32:  # under an outer autocast (bf16 training) it computes as that says
+            return run_decoder(self.decoder, embeds, mask, positions, past_key_values, use_cache)
+        with torch.autocast(embeds.device.type, dtype=self.compute_dtype):
+            return run_decoder(self.decoder, embeds, mask, positions, past_key_values, use_cache)
 
     def forward(self, prefix: Prefix, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Noisy chunk x (B, T, A) at time t (B,) in [0, 1] -> (output (B, T, A), hidden (B, T, W)).

@@ -73,6 +73,9 @@ def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str],
             policy.freeze_base()
     if policy.head.rl_quantity.startswith("none"):
         raise ConfigError(policy.head._no_rl())
+    from vla.train.precision import refuse_low_precision_training
+
+    refuse_low_precision_training(policy)
     return policy
 
 
@@ -185,6 +188,11 @@ def check_replicas(cfg: ExperimentConfig, place: Dist) -> None:
             raise ConfigError("rl.fsdp shards the learner over torchrun replicas: start it with "
                               "`torchrun --nproc_per_node N -m vla.cli rl ...` (N >= 2)")
         return
+    if cfg.rl.fsdp and cfg.backbone.dtype != "float32":
+        # FSDP2 flattens each unit's parameters into one dtype; the root unit holds the bf16 backbone's embeddings
+        # beside the float32 head, projector and critic
+        raise ConfigError(f"rl.fsdp needs backbone.dtype=float32 (got {cfg.backbone.dtype}): FSDP shards a unit's "
+                          "parameters only when they share one dtype, and the head and critic are float32")
     if cfg.rl.fsdp and cfg.rl.overlap:
         raise ConfigError("rl.fsdp with rl.overlap is not wired in: the learner thread's FSDP collectives would "
                           "interleave with the rollout's; set one of them false")

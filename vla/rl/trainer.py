@@ -5,6 +5,7 @@ RL and after it (and every rl.eval_every iterations), through the resumable swee
 from __future__ import annotations
 
 import copy
+import datetime
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -77,7 +78,9 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     rows = learner_sync = sharded = None
     if place.world > 1:
         rows = GradSync(place, device)
-        learner_sync = GradSync(place, device, dist.new_group() if rl.overlap else None, sharded=rl.fsdp)
+        # (a new group gets the backend's default timeout, 10 min for NCCL, unless given the job's)
+        group = dist.new_group(timeout=datetime.timedelta(seconds=BARRIER_TIMEOUT_S)) if rl.overlap else None
+        learner_sync = GradSync(place, device, group, sharded=rl.fsdp)
         rows.broadcast_parameters(policy)
     if rl.fsdp:  # the learner sharded over the replicas; each acts and evaluates with a plain copy (vla.rl.sharded)
         from vla.rl.sharded import ShardedLearner

@@ -15,6 +15,12 @@ def apply_lora(policy, cfg: BackboneConfig) -> None:
 
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=LORA_TARGETS)
     inject_adapter_in_model(lora, policy.backbone.decoder())
+    # peft puts the adapters in the base layer's dtype; in bf16 an AdamW step below ~1/256 of a weight rounds away
+    # (RL's small steps would not move them at all). peft's LoRA layers cast their input to the adapter's dtype and
+    # the result back, so float32 adapters run beside a bf16 base inside or outside autocast.
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    cast_adapter_dtype(policy.backbone.decoder(), "default", autocast_adapter_dtype=True)
     for name, param in policy.backbone.named_parameters():
         param.requires_grad = "lora_" in name
 

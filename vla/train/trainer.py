@@ -26,6 +26,7 @@ from vla.model import Policy
 from vla.normalize import Normalizer
 from vla.train.lora import apply_lora, freeze_vision
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
+from vla.train.precision import refuse_low_precision_training
 from vla.train.validation import split_episodes, validate
 
 
@@ -78,7 +79,9 @@ def build_policy_for_training(cfg: ExperimentConfig, ds, rows=None) -> tuple[Pol
     if cfg.head.type == "residual" and cfg.head.residual.base_checkpoint:
         from vla.residual_init import residual_from_base
 
-        return residual_from_base(cfg), layout  # the base's own statistics, backbone and prompt
+        policy = residual_from_base(cfg)  # the base's own statistics, backbone and prompt
+        refuse_low_precision_training(policy)
+        return policy, layout
     if cfg.head.type in ("flow", "diffusion") and cfg.backbone.gradient_checkpointing:
         raise ConfigError(f"backbone.gradient_checkpointing disables the KV cache the {cfg.head.type} head's expert "
                           "reads; turn one of them off")
@@ -89,6 +92,7 @@ def build_policy_for_training(cfg: ExperimentConfig, ds, rows=None) -> tuple[Pol
         freeze_vision(policy)
     if cfg.backbone.gradient_checkpointing:
         policy.backbone.decoder().gradient_checkpointing_enable()
+    refuse_low_precision_training(policy)
     return policy, layout
 
 
