@@ -34,10 +34,15 @@ def beta_sample(shape: tuple[int, ...], a: float, b: float, generator: torch.Gen
     """Beta(a, b) draws reproducible from `generator` (torch's Beta sampler has no generator argument)."""
     if generator is None:
         return torch.distributions.Beta(a, b).sample(shape)
+    # the draw runs under the global CPU generator, set from `generator` and restored afterwards (torch.manual_seed
+    # would also reseed every CUDA generator, for good)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    state = torch.get_rng_state()
+    try:
+        torch.default_generator.manual_seed(seed)
         return torch.distributions.Beta(a, b).sample(shape)
+    finally:
+        torch.set_rng_state(state)
 
 
 class FlowHead(GaussianChain, ActionHead):

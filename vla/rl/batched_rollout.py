@@ -129,9 +129,10 @@ class BatchedEnvPool:
                                            [e.instruction for e in episodes], noise)
         record = {k: v.detach().cpu() for k, v in sample.record.items()}
         values = value.float().cpu() if value is not None else torch.zeros(len(episodes))
+        log_probs = sample.log_prob.float().cpu()  # one device-to-host copy, not one sync per env
         actions = np.zeros((self.num_envs, chunk, raw.shape[-1]), dtype=np.float32)
         for j, (i, episode) in enumerate(zip(live, episodes)):
             episode.decisions.append(Decision(images[j], states[j], {k: v[j] for k, v in record.items()},
-                                              float(sample.log_prob[j]), float(values[j]), reward=0.0))
+                                              float(log_probs[j]), float(values[j]), reward=0.0))
             actions[i] = np.clip(raw[j, :chunk], -1.0, 1.0)
         return actions

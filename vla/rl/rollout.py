@@ -192,10 +192,11 @@ class EnvPool:
                                            [s.episode.instruction for s in slots], noise)
         record = {k: v.detach().cpu() for k, v in sample.record.items()}
         values = value.float().cpu() if value is not None else torch.zeros(len(slots))
+        log_probs = sample.log_prob.float().cpu()  # one device-to-host copy, not one sync per env
         for j, slot in enumerate(slots):
             slot.episode.decisions.append(Decision(
                 images_np[j], states_np[j], {k: v[j] for k, v in record.items()},
-                float(sample.log_prob[j]), float(values[j]), reward=0.0,
+                float(log_probs[j]), float(values[j]), reward=0.0,
             ))
             slot.queue.extend(np.clip(raw[j, :chunk], -1.0, 1.0))
 
