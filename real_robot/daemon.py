@@ -81,10 +81,9 @@ def control_rate(args: argparse.Namespace, meta: dict) -> tuple[float, str | Non
     matters: a delta action is a displacement per recorded step, so at another rate the arm moves faster or
     slower than in the demonstrations (the safety layer's speed limits hold either way)."""
     given = meta.get("control_hz")
-    try:
-        trained = float(given) if given is not None else None
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"the server's control_hz {given!r} is not a number") from err
+    if given is not None and (isinstance(given, bool) or not isinstance(given, (int, float))):
+        raise ValueError(f"the server's control_hz {given!r} is not a number")
+    trained = float(given) if given is not None else None
     if trained is not None and not 0 < trained <= 1000:
         raise ValueError(f"the server's control_hz {given!r} is outside 0 < Hz <= 1000")
     rate = args.rate if args.rate is not None else trained if trained is not None else DEFAULT_RATE_HZ

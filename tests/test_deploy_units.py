@@ -437,7 +437,7 @@ def test_the_daemon_acts_at_the_rate_the_policys_data_was_recorded_at():
     assert slower == 15.0 and "0.75x as fast" in note and "recorded at 20 Hz" in note
     assert rate(None, {})[0] == rate(None, {"control_hz": None})[0] == DEFAULT_RATE_HZ
     assert "does not say" in rate(None, {})[1]
-    for bad in ("fast", -5, 0, 5000):
+    for bad in ("fast", "20", True, -5, 0, 5000):
         with pytest.raises(ValueError, match="control_hz"):
             rate(None, {"control_hz": bad})
     with pytest.raises(ValueError, match="--rate"):

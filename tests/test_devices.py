@@ -42,12 +42,19 @@ def test_a_checkpoint_trained_on_a_gpu_loads_on_the_cpu_when_asked(tmp_path, mon
     from vla.checkpoint import load_policy, save_policy
     from vla.random_policy import random_policy
 
-    policy = random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 2}, "device": "cuda"})
+    policy = random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 2, "type": "flow"}, "device": "cuda"})
     save_policy(policy, tmp_path / "gpu_run")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="--device cpu"):
         load_policy(tmp_path / "gpu_run")
+    assert load_policy(tmp_path / "gpu_run", "auto").device.type == "cpu"
+    with pytest.raises(RuntimeError, match="--device cpu"):
+        load_policy(tmp_path / "gpu_run", "cuda")
+    from vla.rl.prepare import prepare_policy
+
+    assert prepare_policy(tmp_path / "gpu_run", None, ["device=cpu", "rl.algo=grpo"]).device.type == "cpu"
     loaded = load_policy(tmp_path / "gpu_run", "cpu")
     images = torch.zeros((1, 2, 32, 32, 3), dtype=torch.uint8)
     assert loaded.device.type == "cpu"
-    assert np.allclose(loaded.act(images, torch.zeros(1, 8), ["t"]), policy.act(images, torch.zeros(1, 8), ["t"]))
+    same = [p.act(images, torch.zeros(1, 8), ["t"], torch.Generator().manual_seed(0)) for p in (loaded, policy)]
+    assert np.allclose(*same)

@@ -176,12 +176,15 @@ def test_the_action_expert_runs_in_a_bf16_backbones_dtype_without_autocast(kind)
     assert embeds.dtype == torch.bfloat16 and actions.shape == (2, 4, 3) and torch.isfinite(actions).all()
 
 
-def test_seeded_beta_draws_replay_and_leave_the_global_generators_alone():
+def test_seeded_beta_draws_replay_and_leave_the_global_generators_alone(monkeypatch):
     """torch's Beta sampler takes no generator: the seeded draw borrows the global CPU generator and restores it
     (torch.manual_seed there would also have reseeded every CUDA generator for the rest of the run)."""
     from vla.heads.flow import beta_sample
 
+    cuda_seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda_seeded.append(seed))
     before = torch.get_rng_state()
     first = beta_sample((5,), 1.5, 1.0, torch.Generator().manual_seed(3))
     assert torch.equal(first, beta_sample((5,), 1.5, 1.0, torch.Generator().manual_seed(3)))
     assert torch.equal(torch.get_rng_state(), before) and ((first > 0) & (first < 1)).all()
+    assert cuda_seeded == []

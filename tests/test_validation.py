@@ -82,12 +82,15 @@ def test_the_scores_are_reproducible_and_measure_the_action_error(synthetic_data
     again = validate(policy, frames, split, 8, 0, _no_autocast)
     assert first == again and policy.training and all(np.isfinite(v) and v > 0 for v in first.values())
 
+    flow = random_policy({"backbone": {"image_size": 32}, "head": {"chunk_size": 4, "type": "flow"}})
+    assert validate(flow, frames, split, 8, 0, _no_autocast) == validate(flow, frames, split, 8, 0, _no_autocast)
+
     rows = split.val_rows.tolist()
     demo = {r: frames.batch([r])["action"][0].numpy() for r in rows}
     by_state = {tuple(frames.batch([r])["state"][0].tolist()): demo[r] for r in rows}
-    policy.act = lambda images, state, tasks: np.stack([by_state[tuple(s.tolist())] for s in state])
+    policy.act = lambda images, state, tasks, noise: np.stack([by_state[tuple(s.tolist())] for s in state])
     assert action_l1(policy, frames, rows, 8) == 0.0
-    policy.act = lambda images, state, tasks: np.stack([by_state[tuple(s.tolist())] + 0.5 for s in state])
+    policy.act = lambda images, state, tasks, noise: np.stack([by_state[tuple(s.tolist())] + 0.5 for s in state])
     assert action_l1(policy, frames, rows, 8) == pytest.approx(0.5)
 
 

@@ -106,7 +106,7 @@ def load_policy(directory: str | Path, device: str | torch.device | None = None)
         raise CheckpointError(f"{weights} does not match the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     from vla.devices import pick_device
 
-    return policy.to(pick_device(cfg.device) if device is None else device).eval()
+    return policy.to(pick_device(cfg.device if device is None else str(device))).eval()
 
 
 # --- training checkpoints: policy + everything needed for an exact resume ----------------------

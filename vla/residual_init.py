@@ -32,7 +32,7 @@ def adopt_base_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def residual_from_base(cfg: ExperimentConfig) -> Policy:
     adopted = adopt_base_config(cfg)
-    base = load_policy(cfg.head.residual.base_checkpoint)
+    base = load_policy(cfg.head.residual.base_checkpoint, cfg.device)
     policy = Policy(adopted, base.normalizer, base.state_dim)
     from vla.train.lora import apply_lora
 

@@ -27,8 +27,8 @@ def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str],
     """The BC checkpoint rebuilt with the RL settings (`rl.*`, head RL knobs, a critic for PPO): the YAML
     `config_file`'s keys, then `overrides` over them. recipe 'residual' over a non-residual checkpoint freezes
     it as the base of a new residual."""
-    base = load_policy(ckpt)
     updates = combine_updates(load_yaml(config_file) if config_file else {}, parse_overrides(overrides))
+    base = load_policy(ckpt, updates.get("device"))  # device=cpu: a checkpoint trained on a GPU, on a CPU machine
     cfg = merge(base.cfg, updates)
     if cfg.sim != base.cfg.sim:
         raise ConfigError(f"{ckpt} was trained in {base.cfg.sim}; RL must run there too: --sim {base.cfg.sim} "

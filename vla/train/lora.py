@@ -1,6 +1,8 @@
 """LoRA through peft, injected into the backbone's language model in place."""
 from __future__ import annotations
 
+import torch
+
 from vla.config import BackboneConfig
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -18,9 +20,9 @@ def apply_lora(policy, cfg: BackboneConfig) -> None:
     # peft puts the adapters in the base layer's dtype; in bf16 an AdamW step below ~1/256 of a weight rounds away
     # (RL's small steps would not move them at all). peft's LoRA layers cast their input to the adapter's dtype and
     # the result back, so float32 adapters run beside a bf16 base inside or outside autocast.
-    from peft.tuners.tuners_utils import cast_adapter_dtype
-
-    cast_adapter_dtype(policy.backbone.decoder(), "default", autocast_adapter_dtype=True)
+    for name, param in policy.backbone.decoder().named_parameters():
+        if "lora_" in name and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
     for name, param in policy.backbone.named_parameters():
         param.requires_grad = "lora_" in name
 

@@ -129,7 +129,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
     if cfg.train.torch_threads > 0:
         torch.set_num_threads(cfg.train.torch_threads)
     device = pick_device(cfg.device)
-    ddp = setup_distributed(device)
+    ddp = setup_distributed(device, timeout_s=3600)  # the other ranks wait while rank 0 validates and saves
     if cfg.head.type == "residual" and cfg.head.residual.base_checkpoint:
         from vla.residual_init import adopt_base_config
 
@@ -232,7 +232,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
 # settings, where the data lives. Anything else means another experiment, which must not continue this one's weights.
 RESUMABLE = ("output_dir", "device", "data.dataset", "data.fps", "data.cache_in_memory", "data.check_gripper", "data.camera_keys",
              "data.state_key", "data.action_key", "demos.image_size", "eval.", "rl.", "head.sampler",
-             "train.steps", "train.save_every", "train.keep_last", "train.log_every", "train.torch_threads",
+             "train.steps", "train.save_every", "train.keep_last", "train.log_every", "train.val_every", "train.torch_threads",
              "train.tensorboard", "train.wandb", "train.resume")
 
 

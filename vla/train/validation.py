@@ -53,12 +53,14 @@ def _batches(rows: list[int], size: int):
 
 
 @torch.no_grad()
-def action_l1(policy, frames, rows: list[int], batch_size: int) -> float:
-    """Mean |act - demo| over the unpadded steps of each row's chunk, raw action units."""
+def action_l1(policy, frames, rows: list[int], batch_size: int, seed: int = 0) -> float:
+    """Mean |act - demo| over the unpadded steps of each row's chunk, raw action units (a sampler that draws
+    noise draws it from `seed`, so the score replays)."""
     total, count = 0.0, 0
+    generator = torch.Generator().manual_seed(seed)
     for part in _batches(rows, batch_size):
         batch = frames.batch(part)
-        predicted = torch.from_numpy(policy.act(batch["images"], batch["state"], batch["task"]))
+        predicted = torch.from_numpy(policy.act(batch["images"], batch["state"], batch["task"], generator))
         keep = ~batch["action_pad"]  # (B, chunk)
         err = (predicted - batch["action"].float()).abs()[keep]
         total, count = total + float(err.sum()), count + err.numel()
@@ -84,7 +86,7 @@ def validate(policy, frames, split: EpisodeSplit, batch_size: int, seed: int, au
         with autocast():
             val = spaced(split.val_rows)
             return {"val_loss": validation_loss(policy, frames, val, batch_size, seed),
-                    "val_action_l1": action_l1(policy, frames, val, batch_size),
-                    "train_action_l1": action_l1(policy, frames, spaced(split.train_rows, len(val)), batch_size)}
+                    "val_action_l1": action_l1(policy, frames, val, batch_size, seed),
+                    "train_action_l1": action_l1(policy, frames, spaced(split.train_rows, len(val)), batch_size, seed)}
     finally:
         policy.train(was_training)
