@@ -158,7 +158,7 @@ def check_dataset_gripper(ds, layout: DatasetLayout) -> None:
     from vla.data.gripper_check import check_gripper_convention
 
     actions = _column(ds, layout.keys.action)
-    episodes = _column(ds, "episode_index", np.int64)
+    episodes = episode_index(ds)
     state = _column(ds, layout.keys.state) if layout.keys.state in ds.meta.features else None
     try:
         check_gripper_convention(actions, episodes, state, actions.shape[1] - 1)
@@ -200,7 +200,7 @@ class FrameCache:
         for u8 in loader:  # (b, cams, size, size, 3) uint8
             self.images[i:i + len(u8)] = u8
             i += len(u8)
-        acts, pad = action_chunks(_column(ds, layout.keys.action), _column(ds, "episode_index", np.int64), chunk_size)
+        acts, pad = action_chunks(_column(ds, layout.keys.action), episode_index(ds), chunk_size)
         bad = ~np.isfinite(acts)
         if bad.any():
             raise DatasetError(f"'{layout.keys.action}' holds NaN/inf values (frame {int(np.argwhere(bad)[0, 0])})")

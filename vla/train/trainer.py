@@ -79,9 +79,7 @@ def build_policy_for_training(cfg: ExperimentConfig, ds, rows=None) -> tuple[Pol
     if cfg.head.type == "residual" and cfg.head.residual.base_checkpoint:
         from vla.residual_init import residual_from_base
 
-        policy = residual_from_base(cfg)  # the base's own statistics, backbone and prompt
-        refuse_low_precision_training(policy)
-        return policy, layout
+        return residual_from_base(cfg), layout  # the base's own statistics, backbone and prompt
     if cfg.head.type in ("flow", "diffusion") and cfg.backbone.gradient_checkpointing:
         raise ConfigError(f"backbone.gradient_checkpointing disables the KV cache the {cfg.head.type} head's expert "
                           "reads; turn one of them off")
@@ -92,7 +90,6 @@ def build_policy_for_training(cfg: ExperimentConfig, ds, rows=None) -> tuple[Pol
         freeze_vision(policy)
     if cfg.backbone.gradient_checkpointing:
         policy.backbone.decoder().gradient_checkpointing_enable()
-    refuse_low_precision_training(policy)
     return policy, layout
 
 
@@ -150,6 +147,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
         raise ConfigError(str(err)) from err
     stats_rows = split.train_rows if split.val_episodes else None  # held-out frames stay unseen, statistics too
     policy, layout = build_policy_for_training(cfg, ds, stats_rows)
+    refuse_low_precision_training(policy)
     policy.to(device)
     if cfg.data.cache_in_memory:
         frames = FrameCache(ds, layout, cfg.head.chunk_size, policy.backbone.image_size)
