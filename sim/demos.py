@@ -47,11 +47,14 @@ def generate_libero_demos(
     repo_id: str,
     image_size: int = 128,
     use_videos: bool = True,
+    init_states_below: int | None = None,
 ) -> dict[str, Any]:
     """Write up to `episodes_per_task` successful expert episodes per task into a new dataset at `root`.
 
+    init_states_below: take only init states 0 .. init_states_below - 1 (those from which evaluation starts
+    are left out, so a held-out success rate stays held out); None = all 50.
     Returns a summary: per task the init states tried (attempts), plans that succeeded, the success rate,
-    episodes written and frames; plus totals. A task runs out of attempts after its 50 fixed init states.
+    episodes written and frames; plus totals. A task runs out of attempts after its fixed init states.
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -74,11 +77,15 @@ def generate_libero_demos(
         robot_type="panda",
         use_videos=use_videos,
     )
-    summary: dict[str, Any] = {"suite": suite, "repo_id": repo_id, "root": str(root), "tasks": {}}
+    if init_states_below is not None and init_states_below < 1:
+        raise ValueError(f"init_states_below must be >= 1 (or None for all), got {init_states_below}")
+    summary: dict[str, Any] = {"suite": suite, "repo_id": repo_id, "root": str(root), "tasks": {},
+                               "init_states_below": init_states_below}
     start = time.perf_counter()
     try:
         for task_id in task_ids:
-            summary["tasks"][task_id] = _record_task(ds, suite, task_id, episodes_per_task, image_size)
+            summary["tasks"][task_id] = _record_task(ds, suite, task_id, episodes_per_task, image_size,
+                                                     init_states_below)
     finally:
         ds.finalize()  # without it the parquet footers are missing and the dataset cannot be read
     per_task = summary["tasks"].values()
@@ -90,13 +97,15 @@ def generate_libero_demos(
     return summary
 
 
-def _record_task(ds: Any, suite: str, task_id: int, episodes: int, image_size: int) -> dict[str, Any]:
+def _record_task(ds: Any, suite: str, task_id: int, episodes: int, image_size: int,
+                 init_states_below: int | None) -> dict[str, Any]:
     env = LiberoEnv(suite, task_id, image_size=image_size)
     stats = {"task": env.task_name, "instruction": env.instruction, "attempts": 0, "successes": 0,
-             "replay_mismatches": 0, "episodes_written": 0, "frames": 0}
+             "replay_mismatches": 0, "episodes_written": 0, "frames": 0, "init_states": []}
     t0 = time.perf_counter()
+    available = num_init_states(suite, task_id)
     try:
-        for index in range(num_init_states(suite, task_id)):
+        for index in range(min(available, init_states_below or available)):
             if stats["episodes_written"] >= episodes:
                 break
             stats["attempts"] += 1
@@ -111,9 +120,11 @@ def _record_task(ds: Any, suite: str, task_id: int, episodes: int, image_size: i
                 print(f"[demos] {suite} task {task_id} init {index}: replay did not reproduce success", flush=True)
                 continue
             write_episode(ds, frames, env.instruction, stats, f"{suite} task {task_id} init {index}", episodes, t0)
+            stats["init_states"].append(index)
     finally:
         env.close()
-    return finish_task_stats(stats, f"{suite} task {task_id}", episodes, t0)
+    bound = f" (init states below {init_states_below}, the evaluation's first)" if init_states_below else ""
+    return finish_task_stats(stats, f"{suite} task {task_id}{bound}", episodes, t0)
 
 
 def main() -> None:
@@ -125,11 +136,13 @@ def main() -> None:
     parser.add_argument("--repo-id", default=None, help="default: local/<root name>")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--images", action="store_true", help="store PNG frames instead of videos")
+    parser.add_argument("--init-states-below", type=int, default=None,
+                        help="only init states 0..N-1 (keep the evaluation's init states out of the demos)")
     args = parser.parse_args()
     tasks = [int(t) if t.strip().isdigit() else t.strip() for t in args.tasks.split(",")]
     summary = generate_libero_demos(
         args.suite, tasks, args.episodes, args.root, args.repo_id or f"local/{args.root.name}",
-        image_size=args.image_size, use_videos=not args.images,
+        image_size=args.image_size, use_videos=not args.images, init_states_below=args.init_states_below,
     )
     print(json.dumps(summary, indent=2))
 

@@ -82,3 +82,15 @@ def test_a_config_file_or_override_naming_another_simulator_or_recipe_is_refused
         resolve_config("openvla_oft", "libero", str(same))
     with pytest.raises(ConfigError, match="an override sets sim: maniskill"):
         resolve_config("pi0", "libero", None, ["sim=maniskill"])
+
+
+def test_libero_demos_leave_the_evaluations_init_states_out():
+    """finetune's held-out success rate: the demos come from init states below eval.first_init_state (30)."""
+    from vla.experiment import demo_dataset_dir, demo_init_states_below
+
+    cfg = resolve_config("openvla_oft", "libero", overrides=[])
+    assert cfg.eval.first_init_state == 30 and demo_init_states_below(cfg) == 30
+    assert demo_dataset_dir(cfg).name.endswith("_below30")
+    standard = resolve_config("openvla_oft", "libero", overrides=["eval.first_init_state=0"])  # all 50, as LIBERO's protocol
+    assert demo_init_states_below(standard) is None and "below" not in demo_dataset_dir(standard).name
+    assert demo_init_states_below(resolve_config("openvla_oft", "maniskill", overrides=[])) is None  # seeds from 1000

@@ -109,7 +109,8 @@ def test_episode_gradients_give_grpos_policy_gradient():
     batch = flatten(kept, advs, rets, per_episode=True)
     policy.zero_grad(set_to_none=True)
     scale = ratio_scale(policy.cfg.rl, 2, 7)
-    loss, _ = _loss(policy, batch, policy.cfg.rl, {}, True, False, None, None, clip_range(policy.cfg.rl), scale)
+    loss, _ = _loss(policy, batch, policy.cfg.rl, {}, True, False, None, None, None, clip_range(policy.cfg.rl),
+                    scale)
     loss.backward()
     for name, ps in params.items():
         expected = -len(eps) * torch.cat([p.grad.reshape(-1) for p in ps])

@@ -222,6 +222,12 @@ class RLConfig:
     clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float | None = None  # None: 0.2 for PPO, 0.28 for GRPO (asymmetric "clip-higher")
     log_ratio: str = "per_dim"  # per_dim: chunk log-ratio / (chunk_size * action_dim) (GSPO-style) | chunk
+    # re-score every decision with the learner's weights before the update and clip the ratio against that score
+    # (decoupled PPO), the gap to the sampling log-prob entering as an importance weight truncated at
+    # rl.behaviour_weight_cap: the sampling pass and the update's pass round differently in bf16 (the token heads
+    # sample by KV-cached decoding, re-score in one parallel pass); null = on when any weight is not float32
+    rescore: bool | None = None
+    behaviour_weight_cap: float = 2.0
     gamma: float = 0.99  # per chunk
     gae_lambda: float = 0.95
     value_coef: float = 0.5

@@ -76,7 +76,16 @@ def check_choices(cfg: ExperimentConfig) -> None:
 def demo_dataset_dir(cfg: ExperimentConfig) -> Path:
     d = cfg.demos
     tasks = "-".join(str(t) for t in d.tasks)
-    return Path(d.root) / f"{d.suite}_t{tasks}_n{d.episodes_per_task}_px{d.image_size}"
+    below = demo_init_states_below(cfg)
+    return Path(d.root) / (f"{d.suite}_t{tasks}_n{d.episodes_per_task}_px{d.image_size}"
+                           + (f"_below{below}" if below else ""))
+
+
+def demo_init_states_below(cfg: ExperimentConfig) -> int | None:
+    """LIBERO demos come from the fixed init states below the evaluation's first, so the success rate
+    `finetune` reports is on init states the policy never trained on (ManiSkill's demos use seeds from 1000,
+    apart from evaluation's). None: eval.first_init_state = 0, LIBERO's standard protocol over all 50."""
+    return (cfg.eval.first_init_state or None) if cfg.sim == "libero" else None
 
 
 def ensure_demos(cfg: ExperimentConfig) -> Path:
@@ -100,7 +109,8 @@ def ensure_demos(cfg: ExperimentConfig) -> Path:
         from sim.demos import generate_libero_demos
 
         summary = generate_libero_demos(cfg.demos.suite, cfg.demos.tasks, cfg.demos.episodes_per_task, root,
-                                        repo_id=f"local/{root.name}", image_size=cfg.demos.image_size)
+                                        repo_id=f"local/{root.name}", image_size=cfg.demos.image_size,
+                                        init_states_below=demo_init_states_below(cfg))
     marker.write_text(json.dumps(summary, indent=2, default=str))
     return root
 

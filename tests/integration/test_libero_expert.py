@@ -40,9 +40,12 @@ def test_one_demo_episode_reads_back(tmp_path):
     from vla.data.features import ACTION_KEY, AGENTVIEW_KEY, STATE_KEY, WRIST_KEY
 
     root = tmp_path / "demos"
-    summary = generate_libero_demos("libero_spatial", [0], 1, root, "test/libero_demo", image_size=64)
+    # asked for 2, but only init state 0 may be used (the others are left to evaluation): 1 episode, 1 attempt
+    summary = generate_libero_demos("libero_spatial", [0], 2, root, "test/libero_demo", image_size=64,
+                                    init_states_below=1)
     task = summary["tasks"][0]
-    assert task["episodes_written"] == 1 and task["attempts"] >= 1 and summary["frames"] == task["frames"] > 50
+    assert task["episodes_written"] == 1 and task["attempts"] == 1 and summary["frames"] == task["frames"] > 50
+    assert task["init_states"] == [0] and summary["init_states_below"] == 1
     with pytest.raises(FileExistsError):
         generate_libero_demos("libero_spatial", [0], 1, root, "test/libero_demo")
 

@@ -15,6 +15,14 @@ a step that stays inside it can still move the whole chunk's distribution a lot 
 1e-3 is ~0.06-0.6 nats per chunk), and Adam's step size does not shrink with the 1/56 loss scale.
 `rl.target_kl` measures the chunk-level KL of every minibatch against the sampling policy and ends
 the update once it exceeds 1.5x the target (the early stop of standard PPO implementations).
+
+rl.rescore (decoupled PPO, as verl's "recompute old log-prob" with a truncated importance weight): the
+log-prob a decision was sampled with comes from the rollout's pass (KV-cached decoding for the token heads,
+the copy of the weights acting one update behind with rl.overlap); the update scores it again, in another
+order of floating-point operations. In float32 the two agree to ~1e-6; in bf16 they do not, and the first
+minibatch's ratios would start off 1 by noise. Re-scored, the ratio is clipped against the learner's own score
+at the update's start (the proximal policy) and each decision weighs exp(gap / scale) truncated at
+rl.behaviour_weight_cap, the gap being proximal minus sampling log-prob on the ratio's scale.
 """
 from __future__ import annotations
 
@@ -54,6 +62,16 @@ def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, low: fl
     loss = -(pessimistic if weights is None else pessimistic * weights).mean()
     clip_frac = ((ratio < low) | (ratio > high)).float().mean()
     return loss, clip_frac
+
+
+def rescoring(policy, cfg: RLConfig) -> bool:
+    """Whether the update clips against a fresh score of its batch (rl.rescore; unset: when the backbone computes
+    in a low precision, where the sampling pass and the update's pass round differently)."""
+    if cfg.algo not in ("ppo", "grpo"):
+        return False
+    if cfg.rescore is not None:
+        return bool(cfg.rescore)
+    return any(p.dtype != torch.float32 for p in policy.parameters() if p.is_floating_point())
 
 
 def reference_copy(policy):
@@ -107,7 +125,13 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
     # when an RFT replay holds successes of earlier iterations: measure how far this update moves the policy
     # from where it starts (against the sampling policy the stop would fire before the first step)
     stale = cfg.overlap or (cfg.algo == "rft" and cfg.rft_replay > 0)
-    anchor = _score(policy, batch, cfg.minibatch_size) if batch is not None and stale and cfg.target_kl is not None else None
+    rescore = rescoring(policy, cfg)
+    # the learner's own score of the batch at the update's start: the ratio's denominator (rl.rescore) or only
+    # the trust region's origin; under rl.fsdp every rank runs as many scoring passes as the others
+    start = None
+    if rescore or (stale and cfg.target_kl is not None):
+        start = _score(policy, batch, cfg.minibatch_size, sync if sharded else None, filler)
+    proximal = start if rescore else None
     clip = clip_range(cfg)
     scale = ratio_scale(cfg, policy.cfg.head.chunk_size, policy.cfg.head.action_dim)
     local = len(batch) if batch is not None else 0
@@ -119,10 +143,11 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
             count = len(mb) if mb is not None else 0
             loss, chunk_kl = torch.zeros((), device=policy.device), 0.0
             if count:
-                loss, chunk_kl = _loss(policy, mb, cfg, logs, train_actor, train_critic, reference, anchor,
-                                       clip, scale)
+                loss, chunk_kl = _loss(policy, mb, cfg, logs, train_actor, train_critic, reference, start,
+                                       proximal, clip, scale)
             elif sharded:  # the same collectives as the other ranks, nothing learned from it
-                loss, _ = _loss(policy, filler, cfg, {}, train_actor, train_critic, reference, None, clip, scale)
+                loss, _ = _loss(policy, filler, cfg, {}, train_actor, train_critic, reference, None, None, clip,
+                                scale)
             total = float(count)
             if sync is not None:  # the KL of all ranks' decisions: every replica stops at the same step
                 chunk_kl, total = sync.weighted_mean(chunk_kl, float(count))
@@ -169,9 +194,10 @@ def _minibatches(batch: DecisionBatch | None, size: int, generator: torch.Genera
 
 
 def _loss(policy, mb: DecisionBatch, cfg: RLConfig, logs: dict, train_actor: bool, train_critic: bool,
-          reference, anchor: torch.Tensor | None, clip: tuple[float, float], scale: float
-          ) -> tuple[torch.Tensor, float]:
-    """One minibatch's loss and its chunk-level KL to the sampling policy (or the update's start)."""
+          reference, anchor: torch.Tensor | None, proximal: torch.Tensor | None, clip: tuple[float, float],
+          scale: float) -> tuple[torch.Tensor, float]:
+    """One minibatch's loss and its chunk-level KL to the sampling policy (or the update's start, `anchor`).
+    proximal: the batch re-scored at the update's start (rl.rescore), the ratio's denominator."""
     low, high = clip
     dev = policy.device
     prefix = policy.build_prefix(mb.images, mb.states, mb.instructions)
@@ -179,16 +205,26 @@ def _loss(policy, mb: DecisionBatch, cfg: RLConfig, logs: dict, train_actor: boo
     loss, chunk_kl = torch.zeros((), device=dev), 0.0
     if train_actor:
         new_lp, entropy = policy.head.evaluate(prefix, records)
-        chunk_log_ratio = new_lp - mb.old_log_prob.to(dev)
+        behaviour = mb.old_log_prob.to(dev)
+        weights = mb.weights.to(dev)
+        denominator = behaviour
+        if proximal is not None:
+            denominator = proximal[mb.index].to(dev)
+            gap = denominator - behaviour  # how much likelier the learner finds the chunk than its sampler did
+            behaviour_weight = (gap / scale).exp().clamp(max=cfg.behaviour_weight_cap)
+            weights = weights * behaviour_weight
+            _add(logs, behaviour_gap=gap.abs().mean(), behaviour_weight=behaviour_weight.mean(),
+                 behaviour_truncated=(behaviour_weight >= cfg.behaviour_weight_cap).float().mean())
+        chunk_log_ratio = new_lp - denominator
         with torch.no_grad():  # KL(old || new) of whole chunks, k3 estimator on the sampled chunks
             moved = chunk_log_ratio if anchor is None else new_lp - anchor[mb.index].to(dev)
             chunk_kl = float(((moved.exp() - 1) - moved).mean())
         log_ratio = chunk_log_ratio / scale
         if cfg.algo == "rft":  # maximum likelihood of the kept (successful) chunks, per action dimension
-            pg = -(log_ratio * mb.advantages.to(dev) * mb.weights.to(dev)).mean()
+            pg = -(log_ratio * mb.advantages.to(dev) * weights).mean()
             clip_frac = torch.zeros((), device=dev)
         else:
-            pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high, mb.weights.to(dev))
+            pg, clip_frac = clipped_surrogate(log_ratio, mb.advantages.to(dev), low, high, weights)
         ent = entropy.mean() / scale
         loss = loss + pg - cfg.entropy_coef * ent
         with torch.no_grad():
@@ -211,14 +247,24 @@ def _loss(policy, mb: DecisionBatch, cfg: RLConfig, logs: dict, train_actor: boo
 
 
 @torch.no_grad()
-def _score(policy, batch: DecisionBatch, size: int) -> torch.Tensor:
-    """The current policy's log-prob of every recorded decision, in batch order."""
+def _score(policy, batch: DecisionBatch | None, size: int, sync: GradSync | None = None,
+           filler: DecisionBatch | None = None) -> torch.Tensor | None:
+    """The current policy's log-prob of every recorded decision, in batch order (None without a batch).
+    sync (rl.fsdp): every rank runs the same number of passes, FSDP gathering weights in each; a rank out
+    of decisions scores `filler` and drops the result."""
+    local = len(batch) if batch is not None else 0
+    passes = sync.minibatches_per_epoch(sync.total(local), size) if sync is not None else -(-local // size)
+    pieces = split_evenly(torch.arange(local), passes) if passes else []
     out = []
-    for start in range(0, len(batch), size):
-        mb = batch.select(torch.arange(start, min(start + size, len(batch))))
+    for index in pieces:
+        mb = batch.select(index) if len(index) else filler
+        if mb is None:
+            continue
         prefix = policy.build_prefix(mb.images, mb.states, mb.instructions)
-        out.append(policy.head.evaluate(prefix, {k: v.to(policy.device) for k, v in mb.records.items()})[0].cpu())
-    return torch.cat(out)
+        lp = policy.head.evaluate(prefix, {k: v.to(policy.device) for k, v in mb.records.items()})[0]
+        if len(index):
+            out.append(lp.cpu())
+    return torch.cat(out) if out else None
 
 
 def _add(logs: dict[str, list[float]], **values: torch.Tensor) -> None:

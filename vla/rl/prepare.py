@@ -147,6 +147,12 @@ def check_config(cfg: ExperimentConfig) -> None:
                           f"checkpoint, this policy's head is {cfg.head.type}")
     if rl.algo == "td3" and rl.overlap:
         raise ConfigError("rl.overlap pipelines on-policy updates; td3 already reuses old data (set rl.overlap=false)")
+    if rl.rescore and rl.algo not in ("ppo", "grpo"):
+        raise ConfigError(f"rl.rescore re-scores the clipped ratio's denominator (ppo, grpo); rl.algo={rl.algo} "
+                          "takes no ratio: leave rl.rescore unset")
+    if rl.behaviour_weight_cap < 1:
+        raise ConfigError(f"rl.behaviour_weight_cap truncates importance weights from above and must be >= 1, got "
+                          f"{rl.behaviour_weight_cap}")
     check_batched(cfg)
 
 

@@ -73,15 +73,18 @@ def train_rl(ckpt: str | Path, recipe: str | None = None, overrides: list[str] |
     if place.main:  # after the resume checks: a refused run leaves the directory's config as it was
         (out / "config.yaml").write_text(to_yaml(cfg))
     algo = ALGOS[rl.algo]
-    # torchrun replicas: `rows` reduces log rows and holds barriers on the main thread; the learner's
-    # collectives get their own process group when rl.overlap runs them on the learner thread
+    # torchrun replicas: `rows` reduces log rows and holds barriers on the main thread, over gloo on the CPU: with
+    # rl.overlap the main thread reduces its rollout's row while the learner thread all-reduces gradients, and two
+    # NCCL communicators driven from two threads may enqueue in a different order on each rank and deadlock. The
+    # learner's collectives get their own process group when rl.overlap runs them on the learner thread.
     rows = learner_sync = sharded = None
     if place.world > 1:
-        rows = GradSync(place, device)
         # (a new group gets the backend's default timeout, 10 min for NCCL, unless given the job's)
-        group = dist.new_group(timeout=datetime.timedelta(seconds=BARRIER_TIMEOUT_S)) if rl.overlap else None
+        timeout = datetime.timedelta(seconds=BARRIER_TIMEOUT_S)
+        rows = GradSync(place, torch.device("cpu"), dist.new_group(backend="gloo", timeout=timeout))
+        group = dist.new_group(timeout=timeout) if rl.overlap else None
         learner_sync = GradSync(place, device, group, sharded=rl.fsdp)
-        rows.broadcast_parameters(policy)
+        learner_sync.broadcast_parameters(policy)
     if rl.fsdp:  # the learner sharded over the replicas; each acts and evaluates with a plain copy (vla.rl.sharded)
         from vla.rl.sharded import ShardedLearner
 
