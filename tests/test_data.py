@@ -287,3 +287,23 @@ def test_training_start_reads_each_column_once(synthetic_dataset, monkeypatch):
     assert np.allclose(stats["action"]["mean"], frames.actions[:, 0].numpy().mean(0), atol=1e-6)
     frames.state[0] += 1  # the cache's own copy: the shared column stays as read
     assert np.allclose(stats["state"]["mean"], dataset_stats(ds, True, layout.keys)["state"]["mean"])
+
+
+def test_finetune_refuses_to_evaluate_a_task_the_given_dataset_does_not_hold(tmp_path):
+    """With data.dataset= the evaluation still runs demos.suite/demos.tasks (libero_spatial 0 by default):
+    a dataset of other tasks would be scored on a task it never showed the policy."""
+    from sim.libero import task_instruction
+    from vla.config import ConfigError
+    from vla.experiment import check_eval_tasks_in_dataset, resolve_config
+
+    other = write_synthetic_dataset(tmp_path / "other", episodes=1, frames=4, task="open the drawer")
+    cfg = resolve_config("openvla_oft", "libero", overrides=[f"data.dataset={other}"])
+    with pytest.raises(ConfigError, match=r"libero_spatial task\(s\) \[0\].*holds none of those instructions.*"
+                                          r"open the drawer.*demos.tasks="):
+        check_eval_tasks_in_dataset(cfg, str(other))
+    cfg.eval.enabled = False  # nothing evaluated: nothing to check
+    check_eval_tasks_in_dataset(cfg, str(other))
+    same = write_synthetic_dataset(tmp_path / "same", episodes=1, frames=4,
+                                   task=task_instruction("libero_spatial", 0).upper() + " ")
+    cfg = resolve_config("openvla_oft", "libero", overrides=[f"data.dataset={same}"])
+    check_eval_tasks_in_dataset(cfg, str(same))  # as the prompt reads it: case and outer spaces aside

@@ -140,9 +140,30 @@ def evaluate_checkpoint(ckpt: Path, tasks: list[int] | None = None, episodes: in
     return report
 
 
+def check_eval_tasks_in_dataset(cfg: ExperimentConfig, source: str) -> None:
+    """finetune evaluates the tasks demos.suite / demos.tasks name (by default libero_spatial task 0); a given
+    dataset must hold their instructions, or the success it reports is on a task the policy never saw."""
+    if cfg.sim != "libero" or not cfg.eval.enabled:
+        return
+    from sim.libero import task_instruction
+    from vla.data.dataset import open_dataset
+
+    held = {str(t).strip().lower() for t in open_dataset(source).meta.tasks.index}
+    wanted = {t: task_instruction(cfg.demos.suite, t) for t in cfg.demos.tasks}
+    missing = {t: text for t, text in wanted.items() if text.strip().lower() not in held}
+    if missing:
+        raise ConfigError(
+            f"finetune would evaluate {cfg.demos.suite} task(s) {sorted(missing)} ({list(missing.values())[:2]}), "
+            f"but the dataset {source} holds none of those instructions (its {len(held)} task(s), e.g. "
+            f"{sorted(held)[:3]}): name its tasks with demos.suite=... demos.tasks=[...], or eval.enabled=false "
+            f"and evaluate with make eval")
+
+
 def finetune(cfg: ExperimentConfig) -> dict:
     from vla.train.trainer import train
 
+    if cfg.data.dataset:
+        check_eval_tasks_in_dataset(cfg, cfg.data.dataset)
     dataset = cfg.data.dataset or str(ensure_demos(cfg))
     ckpt = train(cfg, dataset)
     result = {"checkpoint": str(ckpt)}
