@@ -24,6 +24,24 @@ def test_a_run_resumes_for_more_steps_but_not_under_other_settings(tmp_path, syn
     assert load_policy(fresh).cfg.train.lr == 1e-3
 
 
+def test_a_run_does_not_resume_over_data_that_changed_under_the_same_path(tmp_path, synthetic_dataset):
+    """data.dataset may move (another path, the same frames); data regenerated or re-downloaded under it may not:
+    the weights learned under the checkpoint's statistics would continue under new ones."""
+    import shutil
+
+    from conftest import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    train(_cfg(tmp_path / "run", data), str(data))
+    moved = tmp_path / "moved"
+    shutil.move(str(data), str(moved))
+    assert train(_cfg(tmp_path / "run", moved, steps=3, save_every=3), str(moved)).name == "step_0000003"
+    write_synthetic_dataset(data, seed=1)  # regenerated: other frames under the first path
+    with pytest.raises(ConfigError, match=r"normalization statistics differ .*action/"):
+        train(_cfg(tmp_path / "run", data, steps=4, save_every=4), str(data))
+
+
 def test_bad_yaml_in_an_override_is_a_config_error():
     from vla.config import parse_overrides
 

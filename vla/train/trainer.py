@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -164,6 +165,7 @@ def train(cfg: ExperimentConfig, dataset: str) -> Path:
     resume_from = latest_checkpoint(ckpt_root) if cfg.train.resume else None
     if resume_from is not None:
         _check_resumable(resume_from, cfg)
+        _check_same_statistics(resume_from, policy.normalizer.stats)
         step = _restore(resume_from, policy, optimizer, scheduler, sampler, aug_gen)
         if ddp.main:
             print(f"resumed from {resume_from} at step {step}", flush=True)
@@ -248,6 +250,21 @@ def _save(root, step, policy, optimizer, scheduler, sampler, aug_gen, keep_last)
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     state = {"step": step, "optimizer": opt_meta, "scheduler": sched, "sampler": sampler.state_dict()}
     return save_training_checkpoint(root, step, policy, tensors, state, keep_last)
+
+
+def _check_same_statistics(checkpoint: Path, stats: dict[str, dict[str, np.ndarray]]) -> None:
+    """The statistics computed from the data now must be the checkpoint's: its weights learned under those, and a
+    dataset that changed under the same path (regenerated demos, another revision of a hub dataset, other held-out
+    episodes) would shift every normalized action and state the resumed steps see."""
+    saved = Normalizer.load_stats(checkpoint / "norm_stats.safetensors")
+    differ = sorted(f"{key}/{stat}" for key in set(saved) | set(stats)
+                    for stat in set(saved.get(key, {})) | set(stats.get(key, {}))
+                    if stat not in saved.get(key, {}) or stat not in stats.get(key, {})
+                    or not np.allclose(saved[key][stat], stats[key][stat], rtol=1e-5, atol=1e-6))
+    if differ:
+        raise ConfigError(f"cannot resume from {checkpoint}: the dataset's normalization statistics differ from the "
+                          f"ones its weights were trained with ({differ[:4]}); the data changed under the same "
+                          f"name. output_dir= a new directory, or train.resume=false to start over there")
 
 
 def _restore(directory: Path, policy, optimizer, scheduler, sampler, aug_gen) -> int:
