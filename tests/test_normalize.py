@@ -89,3 +89,18 @@ def test_heads_bounded_to_the_unit_interval_refuse_mean_std_actions(head):
     with pytest.raises(ValueError, match="norm.action=mean_std with head"):
         random_policy({"backbone": {"image_size": 32}, "head": head, "norm": {"action": "mean_std"}})
     random_policy({"backbone": {"image_size": 32}, "head": {"type": "flow"}, "norm": {"action": "mean_std"}})
+
+
+def test_a_dimension_that_rarely_leaves_one_value_keeps_its_rare_values():
+    """q01 == q99 when 98%+ of frames hold one value: a gripper open in 0.5% of frames (the diffusion recipe
+    normalizes it) or a rotation used once in a while would clip to +-1 and come back as the common value."""
+    values = np.zeros((1000, 3), dtype=np.float32)
+    values[:, 0] = 1.0
+    values[:5, 0] = -1.0  # rare gripper opening
+    values[:7, 1] = [0.3, -0.2, 0.1, 0.25, -0.3, 0.05, 0.2]  # rare rotation corrections
+    values[:, 2] = 0.5  # truly constant
+    norm = Normalizer({"action": compute_stats(values, "action")}, {"action": KeySpec("q01_q99", [])})
+    x = torch.from_numpy(values)
+    y = norm.normalize("action", x)
+    assert float(y.abs().max()) <= 1.0 and torch.all(y[:, 2] == 0)
+    assert torch.allclose(norm.unnormalize("action", y), x, atol=1e-6)

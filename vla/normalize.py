@@ -1,6 +1,7 @@
 """Normalization of actions and proprio with statistics stored in the checkpoint.
 
-Modes: `q01_q99` maps [q01, q99] to [-1, 1] and clips (OpenVLA/OFT), `mean_std` standardizes,
+Modes: `q01_q99` maps [q01, q99] to [-1, 1] and clips (OpenVLA/OFT; [min, max] for a dimension whose q01
+equals its q99), `mean_std` standardizes,
 `identity` passes through. Dims listed in `skip_dims` stay as they are (the gripper). Asking for
 a key that has no statistics is an error: a silent pass-through is how normalization bugs hide.
 """
@@ -67,8 +68,13 @@ class Normalizer:
             return None
         st = self.stats[key]
         if spec.mode == "q01_q99":
-            offset = (st["q99"] + st["q01"]) / 2
-            scale = np.maximum((st["q99"] - st["q01"]) / 2, _EPS)
+            # a dimension holding one value in 98%+ of frames has q01 == q99: its rare other values (a gripper
+            # opening, an occasional rotation) would all clip to +-1 and come back as that value +- 1e-6, lost;
+            # such a dimension is bounded by its min and max instead (a constant one still maps to 0)
+            narrow = (st["q99"] - st["q01"]) < 2 * _EPS
+            low, high = np.where(narrow, st["min"], st["q01"]), np.where(narrow, st["max"], st["q99"])
+            offset = (high + low) / 2
+            scale = np.maximum((high - low) / 2, _EPS)
         else:
             offset, scale = st["mean"], np.maximum(st["std"], _EPS)
         dim = like.shape[-1]
