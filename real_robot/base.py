@@ -70,7 +70,16 @@ class Command:
     events: tuple[str, ...] = ()  # what the safety layer clipped or rejected, for the log
 
 
+class OperatorNeeded(RuntimeError):
+    """A condition the daemon must not ride through (the arm stopped on a reflex, the server now serves another
+    policy): the loop holds, the episode is saved and `vla deploy` exits (code 3) for an operator to look."""
+
+
 class Robot(Protocol):
+    # a fault the backend stopped on (a reflex, a limit violation), latched until the backend is reconnected;
+    # None while fine. The loop ends the run when it is set: riding through would repeat whatever caused it.
+    fault: str | None
+
     def connect(self) -> None: ...
 
     def observe(self) -> RobotObservation: ...
@@ -80,5 +89,9 @@ class Robot(Protocol):
 
     def hold(self) -> None:
         """Stop moving and keep the current pose (the watchdog calls this)."""
+
+    def new_episode(self, episode: int) -> None:
+        """Between episodes, once the scene was reset: the stand-in goes home with a new cube; a real arm holds
+        where it is (an operator resets the scene; nothing moves it home unattended)."""
 
     def disconnect(self) -> None: ...

@@ -37,6 +37,10 @@ class ChunkSchedule:
         self.last_request_tick: int | None = None
 
     def validate_chunk_size(self, chunk_size: int) -> None:
+        if chunk_size == 1:
+            raise ValueError("the served policy answers one action per call (chunk_size 1, as the openvla recipe): "
+                             "at a fixed rate its answer arrives after the tick it was computed for, so it can never "
+                             "be executed on time; serve a chunked policy (openvla_oft, pi0, diffusion)")
         if self.replan_every >= chunk_size:
             raise ValueError(f"replan horizon {self.replan_every} must be below the chunk size {chunk_size}, "
                              "or the chunk runs out before the next one can arrive")

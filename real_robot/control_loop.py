@@ -10,6 +10,8 @@ Every tick (1 / rate_hz, on an absolute schedule so errors do not accumulate):
 6. the frame is queued for the episode recorder; then sleep to the next tick.
 
 Faults are logged when raised and when cleared; the loop resumes by itself once the fault clears.
+Two are not ridden through (`OperatorNeeded`: the episode ends holding and `vla deploy` exits): a fault the
+robot latched (a reflex) and a server that came back from a restart serving another policy.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from real_robot.base import ActionScale, CameraFrame, Command, Robot, RobotObservation
+from real_robot.base import ActionScale, CameraFrame, Command, OperatorNeeded, Robot, RobotObservation
 from real_robot.cameras import Camera
 from real_robot.chunking import Chunk, ChunkSchedule
 from real_robot.jsonlog import JsonLog
@@ -161,12 +163,17 @@ class ControlLoop:
                  replan_every=cfg.replan_every, ensemble_k=cfg.ensemble_k)
         t0 = time.monotonic()
         tick, last_start = 0, None
+        operator: OperatorNeeded | None = None
         while tick < cfg.max_steps and not stop.is_set():
             start = time.monotonic()
             if last_start is not None:
                 stats.periods_s.append(start - last_start)
             last_start = start
-            self._tick(tick, start, safety, stats)
+            try:
+                self._tick(tick, start, safety, stats)
+            except OperatorNeeded as err:
+                operator = err
+                break
             stats.ticks += 1
             stats.busy_s.append(time.monotonic() - start)
             tick += 1
@@ -179,10 +186,23 @@ class ControlLoop:
             stop.wait(max(0.0, t0 + tick * period - time.monotonic()))
         self.robot.hold()
         summary = stats.summary(period)
-        self.log("episode_end", episode=episode, stopped=stop.is_set(), **summary)
+        self.log("episode_end", episode=episode, stopped=stop.is_set(),
+                 operator_needed=str(operator) if operator else None, **summary)
+        if operator is not None:
+            raise operator
         return stats
 
+    def _operator_needed(self, tick: int) -> None:
+        """Stop the run on what must not be ridden through: a fault the arm latched, or a server that came back
+        serving another policy."""
+        why = self.link.fatal or (f"the robot stopped on a fault: {self.robot.fault}" if self.robot.fault else None)
+        if why is not None:
+            self.robot.hold()
+            self.log("fault", tick=tick, fault="operator_needed", why=why, action="hold, save the episode, exit")
+            raise OperatorNeeded(why)
+
     def _tick(self, tick: int, now: float, safety: SafetyFilter, stats: EpisodeStats) -> None:
+        self._operator_needed(tick)
         obs = self.robot.observe()
         frames: dict[str, CameraFrame | None] = {n: cam.latest() for n, cam in self.cameras.items()}
         obs = RobotObservation(obs.state, {**obs.frames, **{n: f for n, f in frames.items() if f is not None}})
@@ -219,3 +239,4 @@ class ControlLoop:
             stats.recorded += 1
         if self.on_tick is not None:
             self.on_tick(tick, obs, command)
+        self._operator_needed(tick)  # this tick's command or hold may have faulted the arm

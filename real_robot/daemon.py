@@ -18,8 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from real_robot.base import ActionScale, Robot
+from real_robot.base import ActionScale, OperatorNeeded, Robot
 from real_robot.cameras import Camera, SimCamera, parse_camera_spec
+from real_robot.chunking import ChunkSchedule
 from real_robot.client import PolicyClient
 from real_robot.control_loop import ControlLoop, LoopConfig
 from real_robot.jsonlog import JsonLog
@@ -156,10 +157,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     log = JsonLog(args.log)
     stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log("signal", signal=signal.Signals(signum).name, action="hold, save the episode, disconnect")
-        stop.set()
+    on_signal = SignalStop(stop)
 
     limits = limits_from_args(args)  # bad flags fail here, before anything connects
     if args.robot == "franka" and not args.robot_ip:
@@ -181,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         if rate_note:
             log("rate", rate_hz=rate, note=rate_note)
         replan = args.replan or max(1, (chunk or 2) // 2)
+        if chunk:  # before the arm connects: a policy this loop cannot run is refused first
+            ChunkSchedule(replan, args.ensemble).validate_chunk_size(chunk)
         cfg = LoopConfig(rate_hz=rate, replan_every=replan, ensemble_k=args.ensemble,
                          policy_timeout_s=args.policy_timeout, frame_timeout_s=args.frame_timeout,
                          max_steps=args.steps, task=args.task, image_size=size)
@@ -203,17 +203,43 @@ def run(args: argparse.Namespace) -> int:
         for episode in range(args.episodes):
             if stop.is_set():
                 break
-            loop.run_episode(stop, episode)
+            try:
+                loop.run_episode(stop, episode)
+                on_signal.log_received(log)  # a signal ended it: said before the episode is saved
+            except OperatorNeeded as err:  # held; the episode so far is saved by the shutdown below
+                log("operator_needed", episode=episode, why=str(err), action="hold, save the episode, exit 3")
+                return 3
             if recorder is not None:
                 frames = recorder.end_episode()
                 log("episode_saved", episode=episode, frames=frames, dataset=str(args.record))
             if episode + 1 < args.episodes and not stop.is_set():
                 _hold_for(robot, args.reset_wait, rate, stop)
+                robot.new_episode(episode + 1)
         return 0
     finally:
+        on_signal.log_received(log)
         _shutdown(robot if connected else None, cameras, link, recorder, log)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class SignalStop:
+    """SIGINT/SIGTERM handler: only sets the stop event. Python runs handlers on the main thread between two
+    bytecodes, possibly inside the log's lock; logging from here would wait on that lock forever."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop, self.received, self._logged = stop, [], False
+
+    def __call__(self, signum, _frame) -> None:
+        self.received.append(signal.Signals(signum).name)
+        self.stop.set()
+
+    def log_received(self, log: JsonLog) -> None:
+        """Log the first signal received, once (called from the main loop, outside any handler)."""
+        if self.received and not self._logged:
+            self._logged = True
+            log("signal", signal=self.received[0], received=len(self.received),
+                action="hold, save the episode, disconnect")
 
 
 def _hold_for(robot: Robot, seconds: float, rate: float, stop: threading.Event) -> None:

@@ -8,11 +8,16 @@ preempts the previous one; franky's Ruckig planner keeps the motion jerk-limited
 and `relative_dynamics_factor` caps speed on top of the safety layer's per-step limits.
 
 Errors: a libfranka control exception (reflex, limit violation) is caught, `recover_from_errors()`
-is called, and `send` returns a hold command whose events say what happened, so the daemon logs it
-and keeps its clock; the next command resumes from the pose the arm is at.
+is called and the fault is latched in `fault`: `send` returns hold commands from then on, and the
+daemon ends the run for an operator (re-sending the policy's command a tick later would push into
+whatever stopped the arm again, reflex after reflex). A new connection clears it.
+
+The gripper's width is read on a thread of its own: franky's `Gripper.width` waits for the gripper's
+next status message (~0.1 s, franky issue #35), longer than a control period at 15-20 Hz.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
@@ -42,6 +47,8 @@ class FrankaRobot:
         self._robot = None
         self._gripper = None
         self._closed: bool | None = None  # last gripper command sent (None: none yet)
+        self.fault: str | None = None
+        self._width: GripperWidth | None = None
 
     def connect(self) -> None:
         franky = self._franky = _import_franky()
@@ -49,6 +56,8 @@ class FrankaRobot:
         self._robot.recover_from_errors()
         self._robot.relative_dynamics_factor = self.dynamics_factor
         self._gripper = franky.Gripper(self.ip)
+        self._width = GripperWidth(self._gripper)
+        self.fault = None
 
     def observe(self) -> RobotObservation:
         robot = self._require()
@@ -59,13 +68,15 @@ class FrankaRobot:
             joint_velocities=np.asarray(joints.velocity, dtype=float),
             ee_position=np.asarray(pose.translation, dtype=float),
             ee_rotvec=libero_rotvec(np.asarray(pose.quaternion, dtype=float)),  # franky: x, y, z, w
-            gripper_width=float(self._gripper.width),
+            gripper_width=self._width.latest(),
             timestamp=time.monotonic())
         return RobotObservation(state)
 
     def send(self, command: Command) -> Command:
-        if command.hold:
+        if command.hold or self.fault is not None:
             self.hold()
+            if self.fault is not None and not command.hold:
+                return replace(command, hold=True, events=command.events + (f"franka: faulted ({self.fault}), holding",))
             return command
         franky = self._franky
         robot = self._require()
@@ -78,6 +89,7 @@ class FrankaRobot:
             self._command_gripper(command.gripper > 0)
         except franky.ControlException as err:
             robot.recover_from_errors()
+            self.fault = f"{type(err).__name__}: {err}"
             return replace(command, hold=True, events=command.events + (f"franka: {err}; recovered, holding",))
         return command
 
@@ -95,8 +107,12 @@ class FrankaRobot:
         robot = self._require()
         try:
             robot.move(franky.CartesianStopMotion(), asynchronous=True)
-        except franky.ControlException:
+        except franky.ControlException as err:  # an error the previous motion stored: a fault all the same
             robot.recover_from_errors()
+            self.fault = self.fault or f"{type(err).__name__}: {err}"
+
+    def new_episode(self, episode: int) -> None:
+        self.hold()  # the operator resets the scene; the arm is not moved home unattended
 
     def disconnect(self) -> None:
         if self._robot is not None:
@@ -105,9 +121,43 @@ class FrankaRobot:
                 self._robot.join_motion()  # surfaces an error stored by the motion thread
             except self._franky.ControlException:
                 self._robot.recover_from_errors()
-        self._robot = self._gripper = None
+        if self._width is not None:
+            self._width.stop()
+        self._robot = self._gripper = self._width = None
 
     def _require(self):
         if self._robot is None:
             raise RuntimeError(f"FrankaRobot({self.ip}) is not connected; call connect() first")
         return self._robot
+
+
+class GripperWidth:
+    """The gripper's latest width, read on a thread of its own (a read blocks until the gripper's next status
+    message): `latest()` never waits once the first reading is in."""
+
+    def __init__(self, gripper, first_timeout_s: float = 2.0):
+        self._gripper = gripper
+        self._value: float | None = None
+        self._first = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="franka-gripper-width", daemon=True)
+        self._thread.start()
+        if not self._first.wait(first_timeout_s):
+            self.stop()
+            raise TimeoutError(f"no gripper width from franky within {first_timeout_s} s")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._value = float(self._gripper.width)
+                self._first.set()
+                self._stop.wait(0.01)  # a read already takes ~0.1 s on a real gripper; this keeps a fake from spinning
+            except Exception:  # a gripper that stops answering: keep the last value, ask again shortly
+                self._stop.wait(0.1)
+
+    def latest(self) -> float:
+        return float(self._value)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(0.5)

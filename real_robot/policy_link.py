@@ -29,6 +29,10 @@ class StaleObservation(Exception):
     """The observation aged past use while the link was reconnecting."""
 
 
+class OtherPolicy(Exception):
+    """The server came back serving another policy than the one the daemon was set up for."""
+
+
 @dataclass(frozen=True)
 class Reply:
     tick: int  # the tick whose observation was sent
@@ -51,6 +55,9 @@ class PolicyLink:
         self._stop = threading.Event()
         self._client: PolicyClient | None = None
         self.metadata: dict[str, Any] = {}
+        # set when a reconnection found other metadata (another checkpoint, action scale, rate, cameras ...): the
+        # loop was built for the first; every request fails from then on and the daemon stops for an operator
+        self.fatal: str | None = None
         self.connected = threading.Event()
         self._thread = threading.Thread(target=self._run, name="policy-link", daemon=True)
 
@@ -90,13 +97,27 @@ class PolicyLink:
                 pass
 
     def _ensure_client(self) -> PolicyClient:
+        if self.fatal is not None:
+            raise OtherPolicy(self.fatal)
         delay, last_error = self._backoff[0], ""
         while self._client is None and not self._stop.is_set():
             try:
-                self._client = self._connect()
-                self.metadata = dict(self._client.metadata)
+                client = self._connect()
+                metadata = dict(client.metadata)
+                if self.connected.is_set() and metadata != self.metadata:
+                    client.close()
+                    changed = sorted(k for k in set(metadata) | set(self.metadata)
+                                     if metadata.get(k) != self.metadata.get(k))
+                    self.fatal = (f"the policy server came back serving another policy ({', '.join(changed)} "
+                                  f"changed, e.g. {changed[0]}: {self.metadata.get(changed[0])!r} -> "
+                                  f"{metadata.get(changed[0])!r}); the daemon was set up for the first: restart it")
+                    log.error(self.fatal)
+                    raise OtherPolicy(self.fatal)
+                self._client, self.metadata = client, metadata
                 self.connected.set()
                 log.info("connected to the policy server: %s", self.metadata)
+            except OtherPolicy:
+                raise
             except Exception as err:  # refused, reset, handshake or auth errors: report once, retry
                 message = f"{type(err).__name__}: {err}"
                 if message != last_error:
@@ -111,7 +132,7 @@ class PolicyLink:
     def _run(self) -> None:
         try:
             self._ensure_client()
-        except _Stopped:
+        except (_Stopped, OtherPolicy):
             return
         while not self._stop.is_set():
             item = self._requests.get()
@@ -129,7 +150,7 @@ class PolicyLink:
                 result = Reply(tick, obs_time, actions, None, time.monotonic() - started, reply.get("server_timing"))
             except PolicyError as err:  # the server answered with an error: the connection is still good
                 result = Reply(tick, obs_time, None, f"server error: {err}", time.monotonic() - started)
-            except StaleObservation as err:
+            except (StaleObservation, OtherPolicy) as err:
                 result = Reply(tick, obs_time, None, str(err), time.monotonic() - started)
             except _Stopped:
                 return

@@ -21,6 +21,17 @@ import numpy as np
 from real_robot.base import ActionScale, Command, RobotObservation
 
 
+# no override goes past what a Franka arm can do at all (its datasheet's Cartesian and joint velocity limits), or
+# lets a stale answer or frame act: the layer has no off switch, `inf` included
+HARD_CAPS = {"max_speed_m_s": 1.7, "max_turn_rad_s": 2.5, "max_joint_velocity": 2.61, "max_action_age_s": 2.0,
+             "max_frame_age_s": 2.0}
+CAP_REASONS = {"max_speed_m_s": "the Franka's Cartesian speed limit (m/s)",
+               "max_turn_rad_s": "the Franka's Cartesian rotation speed limit (rad/s)",
+               "max_joint_velocity": "the fastest Franka joint's limit (rad/s)",
+               "max_action_age_s": "past which an answer is too old to act on (s)",
+               "max_frame_age_s": "past which a frame is too old to act on (s)"}
+
+
 @dataclass(frozen=True)
 class SafetyLimits:
     workspace_min: tuple[float, float, float] = (0.25, -0.35, 0.02)  # m, Franka base frame, above the table
@@ -34,13 +45,17 @@ class SafetyLimits:
     max_frame_age_s: float = 0.2
 
     def __post_init__(self) -> None:
-        lo, hi = np.array(self.workspace_min), np.array(self.workspace_max)
-        if not np.all(lo < hi):
-            raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
+        lo, hi = np.array(self.workspace_min, dtype=float), np.array(self.workspace_max, dtype=float)
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(lo < hi)):
+            raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}, "
+                             "all finite")
         for name in ("max_speed_m_s", "max_turn_rad_s", "min_gripper_switch_s", "max_joint_velocity", "max_action_age_s",
                      "max_frame_age_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"safety limit {name} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"safety limit {name} must be positive and finite, got {value}")
+            if name in HARD_CAPS and value > HARD_CAPS[name]:
+                raise ValueError(f"safety limit {name}={value} is above {HARD_CAPS[name]}, {CAP_REASONS[name]}")
 
 
 @dataclass

@@ -44,6 +44,7 @@ class SimPanda:
         self._hold_rotation: Rotation | None = None
         self._renderers: dict[tuple[int, int], object] = {}
         self._scene_option = None
+        self.fault: str | None = None  # a simulation has no reflexes
 
     # -- Robot protocol --------------------------------------------------------------------
     def connect(self) -> None:
@@ -102,6 +103,10 @@ class SimPanda:
         # OSC_POSE applies rotation deltas on the left, in the world frame
         turn = np.clip((self._hold_rotation * rotation.inv()).as_rotvec() / self.scale.radians, -1.0, 1.0)
         self._step(np.concatenate([move, turn, [self._gripper]]))
+
+    def new_episode(self, episode: int) -> None:
+        """Home pose and a cube placed anew, seeded by the episode (a dry run's next episode starts fresh)."""
+        self.reset(self.seed + episode)
 
     def disconnect(self) -> None:
         for r in self._renderers.values():

@@ -125,6 +125,7 @@ class FakeRobot:
         self.pos = np.array([0.5, 0.0, 0.3])
         self.sent: list[Command] = []
         self.holds = 0
+        self.fault = None
 
     def observe(self):
         return RobotObservation(RobotState(np.zeros(7), np.zeros(7), self.pos.copy(), np.zeros(3), 0.08, time.monotonic()))
@@ -155,6 +156,7 @@ class FakeLink:
     def __init__(self, make):
         self.make, self.silent, self.pending = make, False, None
         self.metadata = {"chunk_size": 8, "cameras": ["agentview"]}
+        self.fatal = None
 
     @property
     def in_flight(self):
@@ -178,8 +180,12 @@ class Events(list):
         self.append((event, fields))
 
 
+EVENTS: list = []  # every _loop's log, the newest last (a loop that raised returns none)
+
+
 def _loop(link, robot, cam, on_tick, steps=60, limits=None):
     log = Events()
+    EVENTS.append(log)
     cfg = LoopConfig(rate_hz=100.0, replan_every=4, max_steps=steps, task="task", image_size=8)
     loop = ControlLoop(robot, {"agentview": cam}, link, cfg, log, limits=limits, on_tick=on_tick)
     stats = loop.run_episode(threading.Event())
@@ -208,7 +214,7 @@ def test_loop_holds_while_the_server_is_silent_or_a_camera_stalls_and_resumes():
 
 def test_loop_holds_on_nan_and_keeps_out_of_workspace_targets_in_the_box():
     robot, cam = FakeRobot(), FakeCamera("agentview")
-    limits = SafetyLimits(max_speed_m_s=2.0)  # 0.02 m per tick at the fake loop's 100 Hz: reaches the box's corner
+    limits = SafetyLimits(max_speed_m_s=1.7)  # 0.017 m per tick at the fake loop's 100 Hz: reaches the box's corner
     mode = {"nan": False}
 
     def make(tick):
@@ -344,6 +350,40 @@ def test_franka_backend_sends_absolute_targets_and_recovers_from_control_errors(
     Robot.fail = True
     done = robot.send(Command(np.array([0.42, 0, 0.3]), np.zeros(3), 1.0))
     assert done.hold and "reflex" in done.events[-1] and calls[-1] == "recover"
+    assert "cartesian_reflex" in robot.fault  # latched: the policy's next command is not sent into it again
+    Robot.fail = False
+    moves = sum(isinstance(c, tuple) and c[0] == "CartesianMotion" for c in calls)
+    done = robot.send(Command(np.array([0.42, 0, 0.3]), np.zeros(3), 1.0))
+    assert done.hold and "faulted" in done.events[-1] and calls[-1][0] == "CartesianStopMotion"
+    assert sum(isinstance(c, tuple) and c[0] == "CartesianMotion" for c in calls) == moves
+    robot.disconnect()
+    robot.connect()  # an operator restarts the daemon: a new connection starts clean
+    assert robot.fault is None and not robot.send(Command(np.array([0.42, 0, 0.3]), np.zeros(3), 1.0)).hold
+    robot.disconnect()
+
+
+def test_franka_gripper_width_is_read_off_the_control_thread():
+    """franky's Gripper.width waits for the gripper's next status message (~0.1 s): observe() must not."""
+    import threading
+
+    from real_robot.franka import GripperWidth
+
+    release = threading.Event()
+
+    class SlowGripper:
+        reads = 0
+
+        @property
+        def width(self):
+            SlowGripper.reads += 1
+            if SlowGripper.reads > 1:
+                release.wait()  # every read after the first blocks until the test ends
+            return 0.05
+
+    width = GripperWidth(SlowGripper())
+    assert [width.latest() for _ in range(100)] == [0.05] * 100  # no call blocked on the stalled gripper
+    release.set()
+    width.stop()
 
 
 def test_frames_are_centre_cropped_to_squares():
@@ -368,6 +408,33 @@ def test_deploy_flags_are_checked_before_anything_connects(capsys, monkeypatch):
     assert "6 numbers" in capsys.readouterr().err
     assert main(["deploy", "--task", "x", "--workspace", "1,0,0,0,1,1"]) == 2
     assert "workspace_min" in capsys.readouterr().err
+    assert main(["deploy", "--task", "x", "--max-speed", "inf"]) == 2
+    assert "finite" in capsys.readouterr().err
+
+
+def test_a_single_step_policy_is_refused_with_what_to_serve_instead():
+    with pytest.raises(ValueError, match=r"one action per call \(chunk_size 1.*serve a chunked policy"):
+        ChunkSchedule(1).validate_chunk_size(1)
+
+
+def test_a_signal_only_sets_the_stop_event_and_is_logged_after(tmp_path):
+    """The handler runs on the main thread between two bytecodes, maybe inside the log's lock: it must not log."""
+    import signal
+
+    from real_robot.daemon import SignalStop
+    from real_robot.jsonlog import JsonLog
+
+    log = JsonLog(tmp_path / "log.jsonl")
+    stop = threading.Event()
+    handler = SignalStop(stop)
+    with log._lock:  # as if the signal arrived while the main thread was writing a log line
+        handler(signal.SIGTERM, None)
+        handler(signal.SIGTERM, None)
+    assert stop.is_set() and handler.received == ["SIGTERM", "SIGTERM"]
+    handler.log_received(log)
+    handler.log_received(log)  # the main loop and the shutdown both ask: one line
+    log.close()
+    assert (tmp_path / "log.jsonl").read_text().count('"signal": "SIGTERM"') == 1
 
 
 def test_an_empty_action_chunk_is_a_policy_error_not_a_crash():
@@ -385,6 +452,69 @@ def test_an_empty_action_chunk_is_a_policy_error_not_a_crash():
     errors = [f["error"] for e, f in log if e == "policy_error"]
     assert errors and "C >= 1" in errors[0]
     assert all(held[t] for t in range(20, 30)) and not any(held[t] for t in range(40, 60))
+
+
+@pytest.mark.parametrize("cause", ["robot", "server"])
+def test_a_latched_robot_fault_or_another_served_policy_ends_the_run_holding(cause):
+    """Not ridden through: a reflex the arm latched (the next command would push into the same obstacle) or a
+    server restarted with another checkpoint (the loop's scale, rate and cameras were set up for the first)."""
+    from real_robot.base import OperatorNeeded
+
+    robot, cam = FakeRobot(), FakeCamera("agentview")
+    link = FakeLink(lambda tick: np.tile([0.1, 0, 0, 0, 0, 0, -1.0], (8, 1)))
+    ticks = []
+
+    def on_tick(tick, obs, command):
+        ticks.append(tick)
+        if tick == 15:
+            if cause == "robot":
+                robot.fault = "ControlException: cartesian_reflex"
+            else:
+                link.fatal = "the policy server came back serving another policy (checkpoint changed)"
+
+    with pytest.raises(OperatorNeeded, match="cartesian_reflex" if cause == "robot" else "another policy"):
+        _loop(link, robot, cam, on_tick)
+    assert ticks[-1] == 15 and robot.holds >= 2  # stopped on the tick it happened, holding
+    faults = [f for e, f in EVENTS[-1] if e == "fault"]
+    assert faults[-1]["fault"] == "operator_needed" and "exit" in faults[-1]["action"]
+    end = [f for e, f in EVENTS[-1] if e == "episode_end"][-1]
+    assert end["operator_needed"] and end["ticks"] == 15
+
+
+def test_a_server_restarted_with_another_policy_fails_every_request_without_reconnecting():
+    from real_robot.policy_link import PolicyLink
+
+    class Client:
+        def __init__(self, metadata):
+            self.metadata, self.closed = metadata, False
+
+        def infer(self, obs):
+            raise ConnectionError("connection reset")  # the server was killed
+
+        def close(self):
+            self.closed = True
+
+    served = [{"checkpoint": "a", "control_hz": 20}, {"checkpoint": "b", "control_hz": 10}]
+    made = []
+
+    def connect():
+        made.append(Client(served[min(len(made), 1)]))
+        return made[-1]
+
+    link = PolicyLink(connect, backoff_s=(0.01, 0.01))
+    link.start(wait_s=2.0)
+    replies = []
+    for tick in range(3):
+        assert link.submit(tick, time.monotonic(), {})
+        deadline = time.monotonic() + 2.0
+        while not (got := link.poll()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        replies += got
+    link.stop()
+    assert "connection reset" in replies[0].error  # the first server died mid-request
+    assert all("another policy" in r.error and "checkpoint" in r.error for r in replies[1:])
+    assert link.fatal and "control_hz" in link.fatal and link.metadata["checkpoint"] == "a"
+    assert len(made) == 2 and made[1].closed  # the other policy's connection is closed, and not retried
 
 
 def test_served_policy_without_state_accepts_a_clients_state_and_refuses_empty_images():

@@ -105,6 +105,16 @@ def test_bad_limits_are_refused():
         SafetyLimits(workspace_min=(1, 0, 0), workspace_max=(0, 1, 1))
     with pytest.raises(ValueError, match="max_speed_m_s"):
         SafetyLimits(max_speed_m_s=0)
+    # no off switch: infinities and values past what the arm can do are refused, not taken as "no limit"
+    with pytest.raises(ValueError, match="max_speed_m_s must be positive and finite"):
+        SafetyLimits(max_speed_m_s=float("inf"))
+    with pytest.raises(ValueError, match=r"max_turn_rad_s=3.0 is above 2.5, the Franka's Cartesian rotation"):
+        SafetyLimits(max_turn_rad_s=3.0)
+    with pytest.raises(ValueError, match="max_action_age_s must be positive and finite"):
+        SafetyLimits(max_action_age_s=float("nan"))
+    with pytest.raises(ValueError, match="all finite"):
+        SafetyLimits(workspace_min=(-float("inf"), 0, 0), workspace_max=(1, 1, 1))
+    assert SafetyLimits(max_speed_m_s=1.7, max_turn_rad_s=2.5).max_speed_m_s == 1.7  # the caps themselves pass
     with pytest.raises(ValueError, match="rate_hz"):
         SafetyFilter(rate_hz=0)
 
