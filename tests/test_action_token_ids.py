@@ -61,9 +61,80 @@ def test_openvla_backbone_declares_its_action_tokens_from_the_text_tokenizer():
     # the remote-code model's parts the constructor reads; the tokenizer's vocab_size is its text vocabulary
     model = SimpleNamespace(language_model=SimpleNamespace(config=SimpleNamespace(hidden_size=16, vocab_size=32064)),
                             vision_backbone=SimpleNamespace(get_num_patches=lambda: 256))
-    text = SimpleNamespace(vocab_size=32000, pad_token_id=32000, bos_token_id=1)
+    text = SimpleNamespace(vocab_size=32000, pad_token_id=32000, bos_token_id=1, unk_token_id=0,
+                           convert_tokens_to_ids=lambda t: 29871 if t == "\u2581" else 0)
     backbone = OpenVLABackbone(model, [], [], 224, HFTokenizer(text, 32064))
     assert backbone.pretrained_action_tokens == (31999, 255)
+    # what openvla-7b read before its first action token ("Out: " ends in Llama's "▁") and where its BOS stands
+    assert backbone.action_start_id == 29871 and backbone.bos_before_images
+
+
+def test_openvla_loads_with_eager_attention_then_sdpa_and_names_the_timm_it_needs(monkeypatch):
+    """openvla-7b's remote code reads `_supports_sdpa` off a language model it has not built yet when
+    transformers >= 4.50 picks the default attention; and it needs timm 0.9, which it imports itself."""
+    import transformers
+
+    from vla.backbones import openvla
+
+    calls = {}
+    language_model = SimpleNamespace(config=SimpleNamespace(hidden_size=16, vocab_size=32064),
+                                     set_attn_implementation=lambda impl: calls.setdefault("switched", impl))
+    model = SimpleNamespace(language_model=language_model,
+                            vision_backbone=SimpleNamespace(get_num_patches=lambda: 256))
+
+    def from_pretrained(name, **kwargs):
+        calls["kwargs"] = kwargs
+        return model
+
+    proc = SimpleNamespace(input_sizes=[(3, 224, 224)], means=[(0.5,) * 3], stds=[(0.5,) * 3])
+    monkeypatch.setattr(transformers.AutoModelForVision2Seq, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", lambda name, **kw: proc)
+    text = SimpleNamespace(vocab_size=32000, pad_token_id=32000, bos_token_id=1, unk_token_id=0,
+                           convert_tokens_to_ids=lambda t: 29871)
+    from vla.tokenizer import HFTokenizer
+
+    monkeypatch.setattr(openvla, "_hf_tokenizer", lambda name, vocab: HFTokenizer(text, vocab))
+    backbone = openvla.OpenVLABackbone.pretrained("openvla/openvla-7b", "bfloat16")
+    assert calls["kwargs"]["attn_implementation"] == "eager" and calls["kwargs"]["trust_remote_code"]
+    assert calls["switched"] == "sdpa" and backbone.image_size == 224
+
+    def needs_timm(name, **kwargs):
+        raise ImportError("This modeling file requires the following packages that were not found in your "
+                          "environment: timm. Run `pip install timm`")
+
+    monkeypatch.setattr(transformers.AutoModelForVision2Seq, "from_pretrained", needs_timm)
+    with pytest.raises(ImportError, match=r"timm 0.9 .*\[openvla\]"):
+        openvla.OpenVLABackbone.pretrained("openvla/openvla-7b", "bfloat16")
+
+
+def test_a_backbone_that_read_bos_first_gets_bos_images_prompt():
+    """openvla-7b was trained on [BOS][patches][prompt] (Prismatic splices the patches in after BOS)."""
+    from vla.random_policy import random_policy
+
+    policy = random_policy({"backbone": {"image_size": 32}})
+    images = torch.zeros((2, 2, 32, 32, 3), dtype=torch.uint8)
+    state, tasks = torch.zeros(2, 8), ["pick up the bowl", "put the bowl on the plate now"]
+    plain = policy.build_prefix(images, state, tasks)
+    policy.backbone.bos_before_images = True
+    first = policy.build_prefix(images, state, tasks)
+    assert first.embeds.shape == plain.embeds.shape
+    bos = policy.backbone.embed_tokens(torch.tensor([[policy.backbone.tokenizer.bos_id]]))[0, 0]
+    images_len = policy.backbone.tokens_per_image * 2
+    assert torch.equal(first.embeds[:, 0], bos.expand(2, -1))  # BOS first
+    assert torch.equal(first.embeds[:, 1:1 + images_len], plain.embeds[:, :images_len])  # then the images
+    assert torch.equal(first.embeds[:, 1 + images_len:], plain.embeds[:, images_len + 1:])  # then the rest of the prompt
+    assert torch.equal(first.valid[:, 1 + images_len:], plain.valid[:, images_len + 1:])  # padding stays where it was
+    assert bool(first.valid[:, :1 + images_len].all())
+
+
+def test_the_token_head_starts_from_the_token_before_the_pretrained_actions(monkeypatch):
+    monkeypatch.setattr(PaliGemmaBackbone, "pretrained_action_tokens", (TINY_VOCAB - 5, 255))
+    monkeypatch.setattr(PaliGemmaBackbone, "action_start_id", 7)
+    p = Problem("tokenized", chunk=2, num_bins=255)
+    assert torch.equal(p.head.start.data, p.bb.embed_tokens(torch.tensor([[7]])).float())
+    monkeypatch.setattr(PaliGemmaBackbone, "pretrained_action_tokens", None)  # new tokens: a learned slot from scratch
+    assert not torch.equal(Problem("tokenized", chunk=2, num_bins=255).head.start.data,
+                           p.bb.embed_tokens(torch.tensor([[7]])).float())
 
 
 @pytest.mark.parametrize("kind", ["tokenized", "oft_tokens"])

@@ -63,11 +63,18 @@ class Policy(nn.Module):
         pixels = images_to_pixels(images, self.backbone.image_size)
         if augment:
             pixels = random_shift(pixels, self.cfg.data.augment_shift, generator)
-        parts = [self.backbone.embed_images(pixels.to(dev))]
+        image_embeds = self.backbone.embed_images(pixels.to(dev))
         ids, valid_text = self.prompts(instructions)
-        parts.append(self.backbone.embed_tokens(ids.to(dev)))
+        text = self.backbone.embed_tokens(ids.to(dev))
         b = images.shape[0]
-        valid = [torch.ones(b, parts[0].shape[1], dtype=torch.bool), valid_text]
+        valid_images = torch.ones(b, image_embeds.shape[1], dtype=torch.bool)
+        if self.backbone.bos_before_images:  # the layout the pretrained model read: [BOS][images][prompt]
+            if not bool((ids[:, 0] == self.backbone.tokenizer.bos_id).all()):
+                raise ValueError("this backbone reads BOS before the images, but the prompt's first token is not BOS")
+            parts = [text[:, :1], image_embeds, text[:, 1:]]
+            valid = [valid_text[:, :1], valid_images, valid_text[:, 1:]]
+        else:
+            parts, valid = [image_embeds, text], [valid_images, valid_text]
         if self.proprio is not None:
             state_n = self.normalizer.normalize(STATE, state.float()).to(dev)
             parts.append(self.proprio(state_n).unsqueeze(1).to(parts[0].dtype))

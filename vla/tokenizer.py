@@ -58,5 +58,12 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self._tok(text, add_special_tokens=True)["input_ids"])
 
+    def token_id(self, token: str) -> int:
+        """The id of one vocabulary entry (e.g. Llama's "▁"); an error when the vocabulary lacks it."""
+        found = self._tok.convert_tokens_to_ids(token)
+        if found is None or found == self._tok.unk_token_id:
+            raise KeyError(f"the tokenizer has no token {token!r}")
+        return int(found)
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)

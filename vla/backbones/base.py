@@ -26,6 +26,12 @@ class Backbone(nn.Module):
     # the pretrained model's own action tokens, (top_id, num_bins): bin b of num_bins uniform bins on [-1, 1] is
     # id top_id - b (OpenVLA). None: the model has none and token heads take the vocabulary's last ids
     pretrained_action_tokens: tuple[int, int] | None = None
+    # the token the pretrained model read right before its first action token (OpenVLA: "▁" after "Out:"); the
+    # autoregressive token head starts from its embedding. None: a learned start slot from scratch
+    action_start_id: int | None = None
+    # the pretrained model read its BOS token before the image tokens (OpenVLA: [BOS][patches][prompt]); False:
+    # [images][BOS prompt] (PaliGemma's own layout; SmolVLM and Qwen have no such order to keep)
+    bos_before_images: bool = False
 
     def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.image_mean, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)

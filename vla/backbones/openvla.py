@@ -17,6 +17,7 @@ ACTION_BINS = 255
 
 class OpenVLABackbone(Backbone):
     prefix_bidirectional = False  # Llama is causal over the prefix
+    bos_before_images = True  # Prismatic's forward splices the patches in after BOS: [BOS][patches][prompt]
     image_mean = (0.5, 0.5, 0.5)  # unused: each fused vision backbone has its own (see embed_images)
     image_std = (0.5, 0.5, 0.5)
 
@@ -37,13 +38,26 @@ class OpenVLABackbone(Backbone):
         # OpenVLA's ActionTokenizer: id = tokenizer.vocab_size - digitize(a, 256 edges on [-1, 1]), the text
         # vocabulary's (32000 for Llama-2; the embedding is padded to 32064) top ids, counting down
         self.pretrained_action_tokens = (tokenizer.text_vocab_size - 1, ACTION_BINS)
+        # its prompt ends "Out: ": Llama's "▁" (29871) is what openvla-7b read before the first action token
+        self.action_start_id = tokenizer.token_id("\u2581")
 
     @classmethod
     def pretrained(cls, name: str, dtype: str) -> "OpenVLABackbone":
         from transformers import AutoImageProcessor, AutoModelForVision2Seq
 
-        model = AutoModelForVision2Seq.from_pretrained(name, trust_remote_code=True, torch_dtype=_dtype(dtype))
-        proc = AutoImageProcessor.from_pretrained(name, trust_remote_code=True)
+        try:
+            # eager first: the checkpoint's code reads `_supports_sdpa` off its language model before building it,
+            # which transformers >= 4.50 asks for while choosing the default (sdpa) attention: AttributeError
+            # (openvla issue #346, openvla-oft #108). The decoder is switched to sdpa once it exists.
+            model = AutoModelForVision2Seq.from_pretrained(name, trust_remote_code=True, torch_dtype=_dtype(dtype),
+                                                           attn_implementation="eager")
+            proc = AutoImageProcessor.from_pretrained(name, trust_remote_code=True)
+        except ImportError as err:
+            if "timm" not in str(err):
+                raise
+            raise ImportError(f"{name}'s own modeling code needs timm 0.9 (it refuses 1.x): "
+                              "pip install -e '.[openvla]' (timm==0.9.16)") from err
+        model.language_model.set_attn_implementation("sdpa")
         size = int(proc.input_sizes[0][-1])
         tokenizer = _hf_tokenizer(name, model.language_model.config.vocab_size)
         return cls(model, list(proc.means), list(proc.stds), size, tokenizer)

@@ -1,6 +1,8 @@
 """Action heads by name; `head.type` in the config picks one (one file per head)."""
 from __future__ import annotations
 
+import torch
+
 from vla.backbones.base import Backbone
 from vla.config import HeadConfig
 from vla.heads.base import ActionHead, RLSample
@@ -52,8 +54,15 @@ def build_head(cfg: HeadConfig, backbone: Backbone, _type: str | None = None) ->
     if kind == "tokenized":
         from vla.heads.tokenized import TokenizedHead
 
-        return TokenizedHead(backbone.hidden_size, backbone.vocab_size, cfg.chunk_size, cfg.action_dim, cfg.num_bins,
-                             cfg.rl_temperature, cfg.learn_temperature, _token_top_id(cfg, backbone, kind))
+        top_id = _token_top_id(cfg, backbone, kind)
+        head = TokenizedHead(backbone.hidden_size, backbone.vocab_size, cfg.chunk_size, cfg.action_dim, cfg.num_bins,
+                             cfg.rl_temperature, cfg.learn_temperature, top_id)
+        if top_id is not None and backbone.action_start_id is not None:  # its own action tokens: start where it did
+            with torch.no_grad():
+                ids = torch.tensor([[backbone.action_start_id]], device=next(backbone.parameters()).device)
+                start = backbone.embed_tokens(ids)
+                head.start.copy_(start.float().to(head.start.device))
+        return head
     if kind == "flow":
         from vla.heads.flow import FlowHead
 
