@@ -34,6 +34,7 @@ import torch
 from vla.config import RLConfig
 from vla.rl.buffer import DecisionBatch
 from vla.rl.distributed import GradSync, full_tensor, split_evenly
+from vla.train.checkpointing import checkpointing_in_eval_mode
 
 
 def clip_range(cfg: RLConfig) -> tuple[float, float]:
@@ -136,45 +137,46 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
     scale = ratio_scale(cfg, policy.cfg.head.chunk_size, policy.cfg.head.action_dim)
     local = len(batch) if batch is not None else 0
     parts = sync.minibatches_per_epoch(sync.total(local), cfg.minibatch_size) if sync is not None else 0
-    for _ in range(cfg.epochs):
-        if stopped:
-            break
-        for mb in _minibatches(batch, cfg.minibatch_size, generator, parts):
-            count = len(mb) if mb is not None else 0
-            loss, chunk_kl = torch.zeros((), device=policy.device), 0.0
-            if count:
-                loss, chunk_kl = _loss(policy, mb, cfg, logs, train_actor, train_critic, reference, start,
-                                       proximal, clip, scale)
-            elif sharded:  # the same collectives as the other ranks, nothing learned from it
-                loss, _ = _loss(policy, filler, cfg, {}, train_actor, train_critic, reference, None, None, clip,
-                                scale)
-            total = float(count)
-            if sync is not None:  # the KL of all ranks' decisions: every replica stops at the same step
-                chunk_kl, total = sync.weighted_mean(chunk_kl, float(count))
-            if train_actor:
-                _add(logs, chunk_kl=torch.tensor(chunk_kl))
-                if cfg.target_kl is not None and chunk_kl > 1.5 * cfg.target_kl:
-                    stopped = True  # this minibatch is already too far from the sampling policy: no step
-                    break
-            optimizer.zero_grad(set_to_none=True)
-            if sharded:  # FSDP averages gradients over ranks: weigh this rank's mean loss by its share of decisions
-                (loss * (sync.place.world * count / total)).backward()
-            elif count:
-                loss.backward()
-            if sync is not None and not sharded:
-                sync.average_gradients(params, float(count), total)
-            # each group (actor, critic, temperature) clipped on its own: the critic regresses raw returns, and a
-            # large value loss clipped together with the actor would scale the actor's step down with it
-            norms = {g.get("name", "actor" if i == 0 else f"group{i}"):  # a plain optimizer: the first group acts
-                     full_tensor(torch.nn.utils.clip_grad_norm_(g["params"], cfg.max_grad_norm))
-                     for i, g in enumerate(optimizer.param_groups)}
-            if not all(torch.isfinite(n) for n in norms.values()):
-                raise FloatingPointError("non-finite RL gradient; lower rl.lr or check the rewards")
-            optimizer.step()
-            steps += 1
-            _add(logs, grad_norm=norms["actor"])
-            if "critic" in norms and train_critic:
-                _add(logs, critic_grad_norm=norms["critic"])
+    with checkpointing_in_eval_mode(policy, active=train_actor):  # backbone.gradient_checkpointing, if on
+        for _ in range(cfg.epochs):
+            if stopped:
+                break
+            for mb in _minibatches(batch, cfg.minibatch_size, generator, parts):
+                count = len(mb) if mb is not None else 0
+                loss, chunk_kl = torch.zeros((), device=policy.device), 0.0
+                if count:
+                    loss, chunk_kl = _loss(policy, mb, cfg, logs, train_actor, train_critic, reference, start,
+                                           proximal, clip, scale)
+                elif sharded:  # the same collectives as the other ranks, nothing learned from it
+                    loss, _ = _loss(policy, filler, cfg, {}, train_actor, train_critic, reference, None, None, clip,
+                                    scale)
+                total = float(count)
+                if sync is not None:  # the KL of all ranks' decisions: every replica stops at the same step
+                    chunk_kl, total = sync.weighted_mean(chunk_kl, float(count))
+                if train_actor:
+                    _add(logs, chunk_kl=torch.tensor(chunk_kl))
+                    if cfg.target_kl is not None and chunk_kl > 1.5 * cfg.target_kl:
+                        stopped = True  # this minibatch is already too far from the sampling policy: no step
+                        break
+                optimizer.zero_grad(set_to_none=True)
+                if sharded:  # FSDP averages gradients over ranks: weigh this rank's mean loss by its share of decisions
+                    (loss * (sync.place.world * count / total)).backward()
+                elif count:
+                    loss.backward()
+                if sync is not None and not sharded:
+                    sync.average_gradients(params, float(count), total)
+                # each group (actor, critic, temperature) clipped on its own: the critic regresses raw returns, and a
+                # large value loss clipped together with the actor would scale the actor's step down with it
+                norms = {g.get("name", "actor" if i == 0 else f"group{i}"):  # a plain optimizer: the first group acts
+                         full_tensor(torch.nn.utils.clip_grad_norm_(g["params"], cfg.max_grad_norm))
+                         for i, g in enumerate(optimizer.param_groups)}
+                if not all(torch.isfinite(n) for n in norms.values()):
+                    raise FloatingPointError("non-finite RL gradient; lower rl.lr or check the rewards")
+                optimizer.step()
+                steps += 1
+                _add(logs, grad_norm=norms["actor"])
+                if "critic" in norms and train_critic:
+                    _add(logs, critic_grad_norm=norms["critic"])
     out = {k: float(np.mean(v)) for k, v in logs.items()}
     if "chunk_kl" in logs:
         out["chunk_kl_max"] = float(np.max(logs["chunk_kl"]))

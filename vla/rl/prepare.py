@@ -73,7 +73,10 @@ def prepare_policy(ckpt: str | Path, recipe: str | None, overrides: list[str],
             policy.freeze_base()
     if policy.head.rl_quantity.startswith("none"):
         raise ConfigError(policy.head._no_rl())
+    from vla.train.checkpointing import enable_gradient_checkpointing
     from vla.train.precision import refuse_low_precision_training
+
+    enable_gradient_checkpointing(policy, cfg)  # the update's backward stores one activation per layer, not all
 
     refuse_low_precision_training(policy)
     return policy

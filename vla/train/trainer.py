@@ -25,6 +25,7 @@ from vla.data.features import DatasetKeys
 from vla.devices import pick_device, setup_distributed
 from vla.model import Policy
 from vla.normalize import Normalizer
+from vla.train.checkpointing import enable_gradient_checkpointing
 from vla.train.lora import apply_lora, freeze_vision
 from vla.train.optim_state import optimizer_from_tensors, optimizer_to_tensors
 from vla.train.precision import refuse_low_precision_training
@@ -81,16 +82,12 @@ def build_policy_for_training(cfg: ExperimentConfig, ds, rows=None) -> tuple[Pol
         from vla.residual_init import residual_from_base
 
         return residual_from_base(cfg), layout  # the base's own statistics, backbone and prompt
-    if cfg.head.type in ("flow", "diffusion") and cfg.backbone.gradient_checkpointing:
-        raise ConfigError(f"backbone.gradient_checkpointing disables the KV cache the {cfg.head.type} head's expert "
-                          "reads; turn one of them off")
     stats = dataset_stats(ds, cfg.data.use_state, layout.keys, rows)
     policy = Policy(cfg, Normalizer(stats, norm_specs(cfg)), layout.state_dim)
     apply_lora(policy, cfg.backbone)
     if cfg.backbone.freeze_vision:
         freeze_vision(policy)
-    if cfg.backbone.gradient_checkpointing:
-        policy.backbone.decoder().gradient_checkpointing_enable()
+    enable_gradient_checkpointing(policy, cfg)
     return policy, layout
 
 
