@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from vla.checkpoint import load_policy, norm_specs, save_policy
@@ -74,3 +75,19 @@ def test_rl_adds_fresh_lora_adapters_to_a_checkpoint_trained_without_them(tmp_pa
     save_policy(policy, tmp_path / "rl_ckpt")  # an RL checkpoint with the new adapters loads like any LoRA one
     np.testing.assert_allclose(load_policy(tmp_path / "rl_ckpt").act(images, states, ["pick up the bowl"] * 2), same[1],
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("name, size", [("tiny_paligemma", 32), ("tiny_smolvlm", 32), ("tiny_qwen2_5_vl", 32)])
+def test_freeze_vision_freezes_the_image_encoder_only(name, size):
+    """OpenVLA's frozen-vision recipe trains the projector and the LM head; only the encoder is frozen."""
+    from vla.random_policy import random_policy
+    from vla.train.lora import freeze_vision
+
+    policy = random_policy({"backbone": {"name": name, "image_size": size}})
+    freeze_vision(policy)
+    frozen = {n for n, p in policy.backbone.named_parameters() if not p.requires_grad}
+    encoder = {id(p) for m in policy.backbone.vision_encoder() for p in m.parameters()}
+    assert frozen and frozen == {n for n, p in policy.backbone.named_parameters() if id(p) in encoder}
+    trainable = [n for n, p in policy.backbone.named_parameters() if p.requires_grad]
+    assert any(k in n for n in trainable for k in ("projector", "connector", "merger"))  # the projector trains
+    assert any("embed_tokens" in n for n in trainable) and any("layers" in n for n in trainable)

@@ -50,6 +50,12 @@ class Backbone(nn.Module):
         """The transformer decoder (called with inputs_embeds, a 4D additive mask, position ids)."""
         raise NotImplementedError
 
+    def vision_encoder(self) -> list[nn.Module]:
+        """The pretrained image encoder, without the projector into the decoder's width (`backbone.freeze_vision`
+        freezes these; the projector, embeddings, decoder and LM head keep training, as OpenVLA's frozen-vision
+        recipe does)."""
+        raise NotImplementedError
+
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -89,6 +89,9 @@ class PaliGemmaBackbone(Backbone):
     def decoder(self) -> nn.Module:
         return self.model.model.language_model
 
+    def vision_encoder(self) -> list[nn.Module]:
+        return [self.model.model.vision_tower]
+
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden)
 
@@ -150,6 +153,9 @@ class Idefics3Backbone(Backbone):
 
     def decoder(self) -> nn.Module:
         return self.model.model.text_model
+
+    def vision_encoder(self) -> list[nn.Module]:
+        return [self.model.model.vision_model]  # the pixel-shuffle connector is the projector
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden)

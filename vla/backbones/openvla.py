@@ -79,6 +79,9 @@ class OpenVLABackbone(Backbone):
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.language_model.get_input_embeddings()(ids)
 
+    def vision_encoder(self) -> list[nn.Module]:
+        return [self.model.vision_backbone]  # the fused DINOv2 + SigLIP featurizers; its projector is separate
+
     def decoder(self) -> nn.Module:
         return self.model.language_model.model
 

@@ -104,6 +104,10 @@ class QwenVLBackbone(Backbone):
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.model.language_model.embed_tokens(ids)
 
+    def vision_encoder(self) -> list[nn.Module]:
+        visual = self.model.model.visual
+        return [visual.patch_embed, visual.blocks]  # its patch merger is the projector
+
     def decoder(self) -> nn.Module:
         # Qwen2_5_VLTextModel: takes our 4D additive mask as-is (masking_utils returns 4D masks
         # unchanged) and expands 2D position_ids to the 3 M-RoPE axes, so Backbone.run needs no override

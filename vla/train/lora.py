@@ -28,7 +28,7 @@ def apply_lora(policy, cfg: BackboneConfig) -> None:
 
 
 def freeze_vision(policy) -> None:
-    decoder_params = {id(p) for p in policy.backbone.decoder().parameters()}
-    for param in policy.backbone.parameters():
-        if id(param) not in decoder_params:
-            param.requires_grad = False
+    """Freeze the pretrained image encoder only: the projector, the decoder, its embeddings and the LM head (an
+    untied one holds openvla-7b's action-token rows) keep training."""
+    for module in policy.backbone.vision_encoder():
+        module.requires_grad_(False)
