@@ -214,6 +214,10 @@ def run(args: argparse.Namespace) -> int:
                 log("episode_saved", episode=episode, frames=frames, dataset=str(args.record))
             if episode + 1 < args.episodes and not stop.is_set():
                 _hold_for(robot, args.reset_wait, rate, stop)
+                if robot.fault is not None:  # latched while holding for the reset
+                    log("operator_needed", episode=episode + 1, why=f"the robot stopped on a fault: {robot.fault}",
+                        action="hold, exit 3")
+                    return 3
                 robot.new_episode(episode + 1)
         return 0
     finally:

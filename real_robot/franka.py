@@ -12,12 +12,12 @@ is called and the fault is latched in `fault`: `send` returns hold commands from
 daemon ends the run for an operator (re-sending the policy's command a tick later would push into
 whatever stopped the arm again, reflex after reflex). A new connection clears it.
 
-The gripper's width is read on a thread of its own: franky's `Gripper.width` waits for the gripper's
-next status message (~0.1 s, franky issue #35), longer than a control period at 15-20 Hz.
+The gripper lives in a child process (`real_robot.franka_gripper`): franky's `Gripper.width` waits for the
+gripper's next status message (~0.1 s, franky issue #35) holding the GIL, longer than a control period; a
+gripper process that dies is a latched fault like a reflex.
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 
@@ -25,6 +25,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from real_robot.base import Command, RobotObservation, RobotState, libero_rotvec
+from real_robot.franka_gripper import GripperProcess
 
 
 def _import_franky():
@@ -45,19 +46,21 @@ class FrankaRobot:
         self.gripper_speed, self.gripper_force, self.open_width = gripper_speed, gripper_force, open_width
         self._franky = None
         self._robot = None
-        self._gripper = None
+        self._gripper: GripperProcess | None = None
         self._closed: bool | None = None  # last gripper command sent (None: none yet)
         self.fault: str | None = None
-        self._width: GripperWidth | None = None
 
     def connect(self) -> None:
         franky = self._franky = _import_franky()
         self._robot = franky.Robot(self.ip)
         self._robot.recover_from_errors()
         self._robot.relative_dynamics_factor = self.dynamics_factor
-        self._gripper = franky.Gripper(self.ip)
-        self._width = GripperWidth(self._gripper)
-        self.fault = None
+        try:
+            self._gripper = GripperProcess(self.ip, self.gripper_speed, self.gripper_force, self.open_width)
+        except Exception:
+            self._robot = None  # nothing was moved yet; the caller sees the gripper's error
+            raise
+        self._closed, self.fault = None, None
 
     def observe(self) -> RobotObservation:
         robot = self._require()
@@ -68,8 +71,11 @@ class FrankaRobot:
             joint_velocities=np.asarray(joints.velocity, dtype=float),
             ee_position=np.asarray(pose.translation, dtype=float),
             ee_rotvec=libero_rotvec(np.asarray(pose.quaternion, dtype=float)),  # franky: x, y, z, w
-            gripper_width=self._width.latest(),
+            gripper_width=self._gripper.latest(),
             timestamp=time.monotonic())
+        gripper_error = self._gripper.error()
+        if gripper_error is not None and self.fault is None:
+            self.fault = f"gripper: {gripper_error}"
         return RobotObservation(state)
 
     def send(self, command: Command) -> Command:
@@ -96,10 +102,7 @@ class FrankaRobot:
     def _command_gripper(self, close: bool) -> None:
         if close == self._closed:
             return  # one gripper command per open/close switch, not one per tick
-        if close:
-            self._gripper.grasp_async(0.0, self.gripper_speed, self.gripper_force, epsilon_outer=1.0)
-        else:
-            self._gripper.move_async(self.open_width, self.gripper_speed)
+        self._gripper.command(close)  # grasp (closing on whatever is there) or move to the open width
         self._closed = close
 
     def hold(self) -> None:
@@ -121,43 +124,12 @@ class FrankaRobot:
                 self._robot.join_motion()  # surfaces an error stored by the motion thread
             except self._franky.ControlException:
                 self._robot.recover_from_errors()
-        if self._width is not None:
-            self._width.stop()
-        self._robot = self._gripper = self._width = None
+        if self._gripper is not None:
+            self._gripper.stop()
+        self._robot = self._gripper = None
 
     def _require(self):
         if self._robot is None:
             raise RuntimeError(f"FrankaRobot({self.ip}) is not connected; call connect() first")
         return self._robot
 
-
-class GripperWidth:
-    """The gripper's latest width, read on a thread of its own (a read blocks until the gripper's next status
-    message): `latest()` never waits once the first reading is in."""
-
-    def __init__(self, gripper, first_timeout_s: float = 2.0):
-        self._gripper = gripper
-        self._value: float | None = None
-        self._first = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="franka-gripper-width", daemon=True)
-        self._thread.start()
-        if not self._first.wait(first_timeout_s):
-            self.stop()
-            raise TimeoutError(f"no gripper width from franky within {first_timeout_s} s")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._value = float(self._gripper.width)
-                self._first.set()
-                self._stop.wait(0.01)  # a read already takes ~0.1 s on a real gripper; this keeps a fake from spinning
-            except Exception:  # a gripper that stops answering: keep the last value, ask again shortly
-                self._stop.wait(0.1)
-
-    def latest(self) -> float:
-        return float(self._value)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(0.5)

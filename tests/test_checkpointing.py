@@ -65,3 +65,13 @@ def test_checkpointing_is_refused_for_heads_that_read_the_kv_cache():
     policy = _policy({"type": "flow"})
     with pytest.raises(ConfigError, match="disables the KV cache the flow head's expert reads"):
         enable_gradient_checkpointing(policy, merge(policy.cfg, {"backbone": {"gradient_checkpointing": True}}))
+
+
+def test_a_residual_over_a_frozen_base_has_nothing_to_checkpoint():
+    """Its base and backbone are frozen and their features detached: the update runs no backward through the
+    decoder (and reads the prefix's KV cache for its pooled features, which checkpointing would disable)."""
+    policy = _policy({"type": "residual"})
+    policy.freeze_base()
+    enable_gradient_checkpointing(policy, merge(policy.cfg, {"backbone": {"gradient_checkpointing": True}}))
+    assert not checkpointed_layers(policy)
+    update(policy, _batch(policy), make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(0))

@@ -84,13 +84,29 @@ def test_a_config_file_or_override_naming_another_simulator_or_recipe_is_refused
         resolve_config("pi0", "libero", None, ["sim=maniskill"])
 
 
-def test_libero_demos_leave_the_evaluations_init_states_out():
+def test_libero_demos_leave_the_evaluations_init_states_out(tmp_path):
     """finetune's held-out success rate: the demos come from init states below eval.first_init_state (30)."""
     from vla.experiment import demo_dataset_dir, demo_init_states_below
 
-    cfg = resolve_config("openvla_oft", "libero", overrides=[])
+    cfg = resolve_config("openvla_oft", "libero", overrides=[f"demos.root={tmp_path}"])
     assert cfg.eval.first_init_state == 30 and demo_init_states_below(cfg) == 30
     assert demo_dataset_dir(cfg).name.endswith("_below30")
     standard = resolve_config("openvla_oft", "libero", overrides=["eval.first_init_state=0"])  # all 50, as LIBERO's protocol
     assert demo_init_states_below(standard) is None and "below" not in demo_dataset_dir(standard).name
     assert demo_init_states_below(resolve_config("openvla_oft", "maniskill", overrides=[])) is None  # seeds from 1000
+
+
+def test_demos_cached_before_the_bound_are_reused_when_they_kept_below_it(tmp_path):
+    import json
+
+    from vla.experiment import demo_dataset_dir
+
+    cfg = resolve_config("openvla_oft", "libero", overrides=[f"demos.root={tmp_path}"])
+    old = tmp_path / "libero_spatial_t0_n20_px128"
+    (old / "meta").mkdir(parents=True)
+    summary = {"tasks": {"0": {"attempts": 20}}}  # init states 0-19 tried: all below the evaluation's 30
+    (old / "meta" / "demos_summary.json").write_text(json.dumps(summary))
+    assert demo_dataset_dir(cfg) == old
+    summary["tasks"]["0"]["attempts"] = 35  # some demos may come from evaluated init states: not reused
+    (old / "meta" / "demos_summary.json").write_text(json.dumps(summary))
+    assert demo_dataset_dir(cfg).name == "libero_spatial_t0_n20_px128_below30"

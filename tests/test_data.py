@@ -298,7 +298,7 @@ def test_finetune_refuses_to_evaluate_a_task_the_given_dataset_does_not_hold(tmp
 
     other = write_synthetic_dataset(tmp_path / "other", episodes=1, frames=4, task="open the drawer")
     cfg = resolve_config("openvla_oft", "libero", overrides=[f"data.dataset={other}"])
-    with pytest.raises(ConfigError, match=r"libero_spatial task\(s\) \[0\].*holds none of those instructions.*"
+    with pytest.raises(ConfigError, match=r"libero_spatial task\(s\) \[0\].*lacks their instructions.*"
                                           r"open the drawer.*demos.tasks="):
         check_eval_tasks_in_dataset(cfg, str(other))
     cfg.eval.enabled = False  # nothing evaluated: nothing to check

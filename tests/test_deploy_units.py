@@ -329,6 +329,25 @@ def test_franka_backend_sends_absolute_targets_and_recovers_from_control_errors(
         def move_async(self, *a, **k):
             calls.append("open")
 
+    class GripperProcess:  # the child process that owns franky's Gripper, here in this process
+        error_message = None
+
+        def __init__(self, ip, speed, force, open_width):
+            pass
+
+        def latest(self):
+            return Gripper.width
+
+        def command(self, close):
+            calls.append("grasp" if close else "open")
+
+        def error(self):
+            return GripperProcess.error_message
+
+        def stop(self):
+            calls.append("gripper stopped")
+
+    monkeypatch.setattr("real_robot.franka.GripperProcess", GripperProcess)
     fake = types.SimpleNamespace(
         Robot=Robot, Gripper=Gripper, Affine=Affine, ControlException=ControlException,
         ReferenceType=types.SimpleNamespace(Absolute="abs"),
@@ -357,33 +376,63 @@ def test_franka_backend_sends_absolute_targets_and_recovers_from_control_errors(
     assert done.hold and "faulted" in done.events[-1] and calls[-1][0] == "CartesianStopMotion"
     assert sum(isinstance(c, tuple) and c[0] == "CartesianMotion" for c in calls) == moves
     robot.disconnect()
+    assert calls[-1] == "gripper stopped"
     robot.connect()  # an operator restarts the daemon: a new connection starts clean
     assert robot.fault is None and not robot.send(Command(np.array([0.42, 0, 0.3]), np.zeros(3), 1.0)).hold
+    GripperProcess.error_message = "the gripper process exited (code 1)"
+    robot.observe()
+    assert "gripper process exited" in robot.fault  # a dead gripper is a latched fault too
     robot.disconnect()
 
 
-def test_franka_gripper_width_is_read_off_the_control_thread():
-    """franky's Gripper.width waits for the gripper's next status message (~0.1 s): observe() must not."""
-    import threading
+FAKE_FRANKY = """
+import time
 
-    from real_robot.franka import GripperWidth
 
-    release = threading.Event()
+class Gripper:
+    def __init__(self, ip):
+        if ip == "broken":
+            raise ConnectionError("no gripper at broken")
+        self._width = 0.08
 
-    class SlowGripper:
-        reads = 0
+    @property
+    def width(self):
+        time.sleep(0.05)  # franky waits for the gripper's next status message
+        return self._width
 
-        @property
-        def width(self):
-            SlowGripper.reads += 1
-            if SlowGripper.reads > 1:
-                release.wait()  # every read after the first blocks until the test ends
-            return 0.05
+    def grasp_async(self, width, speed, force, epsilon_outer=0.0):
+        self._width = 0.0
 
-    width = GripperWidth(SlowGripper())
-    assert [width.latest() for _ in range(100)] == [0.05] * 100  # no call blocked on the stalled gripper
-    release.set()
-    width.stop()
+    def move_async(self, width, speed):
+        self._width = width
+"""
+
+
+def test_the_franka_gripper_runs_in_a_process_of_its_own(tmp_path, monkeypatch):
+    """franky's Gripper.width blocks ~0.1 s holding the GIL: read in a child process, never by the control loop."""
+    from real_robot.franka_gripper import GripperProcess
+
+    (tmp_path / "franky.py").write_text(FAKE_FRANKY)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the spawned child imports this stand-in as franky
+
+    def becomes(value):
+        deadline = time.monotonic() + 10
+        while abs(gripper.latest() - value) > 1e-9 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return gripper.latest()
+
+    gripper = GripperProcess("172.16.0.2", 0.05, 20.0, 0.07)
+    try:
+        assert gripper.latest() == 0.08 and gripper.error() is None
+        gripper.command(close=True)
+        assert becomes(0.0) == 0.0
+        gripper.command(close=False)
+        assert becomes(0.07) == 0.07  # the open width it was given
+    finally:
+        gripper.stop()
+    assert gripper.error() is not None  # stopped: no longer a live gripper
+    with pytest.raises(ConnectionError, match="no gripper at broken"):
+        GripperProcess("broken", 0.05, 20.0, 0.07)
 
 
 def test_frames_are_centre_cropped_to_squares():

@@ -104,3 +104,23 @@ def test_a_dimension_that_rarely_leaves_one_value_keeps_its_rare_values():
     y = norm.normalize("action", x)
     assert float(y.abs().max()) <= 1.0 and torch.all(y[:, 2] == 0)
     assert torch.allclose(norm.unnormalize("action", y), x, atol=1e-6)
+
+
+def test_checkpoints_saved_before_the_fallback_keep_their_transform(tmp_path):
+    """A checkpoint's weights were trained under its transform: one saved before norm.narrow_min_max existed loads
+    with plain q01/q99, a new one with the fallback."""
+    import json
+
+    from vla.checkpoint import load_config, save_policy
+    from vla.random_policy import random_policy
+
+    save_policy(random_policy({"backbone": {"image_size": 32}}), tmp_path / "new")
+    assert load_config(tmp_path / "new").norm.narrow_min_max is True
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    del config["norm"]["narrow_min_max"]
+    (tmp_path / "new" / "config.json").write_text(json.dumps(config))
+    assert load_config(tmp_path / "new").norm.narrow_min_max is False
+    values = np.zeros((1000, 1), dtype=np.float32)
+    values[:5] = -1.0
+    old = Normalizer({"action": compute_stats(values, "action")}, {"action": KeySpec("q01_q99", (), False)})
+    assert float(old.normalize("action", torch.tensor([[-1.0]]))) == -1.0  # clipped, as it was trained

@@ -27,9 +27,10 @@ class CheckpointError(RuntimeError):
 
 
 def norm_specs(cfg: ExperimentConfig) -> dict[str, KeySpec]:
-    specs = {"action": KeySpec(cfg.norm.action, tuple(cfg.norm.action_skip_dims))}
+    narrow = cfg.norm.narrow_min_max
+    specs = {"action": KeySpec(cfg.norm.action, tuple(cfg.norm.action_skip_dims), narrow)}
     if cfg.data.use_state:
-        specs["state"] = KeySpec(cfg.norm.state)
+        specs["state"] = KeySpec(cfg.norm.state, (), narrow)
     return specs
 
 
@@ -55,6 +56,8 @@ def load_config(directory: Path) -> ExperimentConfig:
     data = _read_json(Path(directory) / CONFIG)
     if isinstance(data.get("head"), dict) and "token_ids" not in data["head"]:
         data["head"]["token_ids"] = "end"  # saved before head.token_ids existed: its bins were the last ids
+    if isinstance(data.get("norm"), dict) and "narrow_min_max" not in data["norm"]:
+        data["norm"]["narrow_min_max"] = False  # trained before the q01 == q99 fallback: keep its transform
     try:
         return from_dict(data)
     except ConfigError as err:

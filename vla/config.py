@@ -102,6 +102,9 @@ class NormConfig:
     state: str = "q01_q99"
     # action dims kept as they are (the gripper, already in {-1, +1}), as OpenVLA-OFT does
     action_skip_dims: list[int] = field(default_factory=lambda: [6])
+    # q01_q99: a dimension whose q01 equals its q99 (one value in 98%+ of frames) is bounded by its min and max,
+    # or its rare values clip away. false in checkpoints saved before this existed, which were trained without it
+    narrow_min_max: bool = True
 
 
 @dataclass

@@ -77,8 +77,21 @@ def demo_dataset_dir(cfg: ExperimentConfig) -> Path:
     d = cfg.demos
     tasks = "-".join(str(t) for t in d.tasks)
     below = demo_init_states_below(cfg)
-    return Path(d.root) / (f"{d.suite}_t{tasks}_n{d.episodes_per_task}_px{d.image_size}"
-                           + (f"_below{below}" if below else ""))
+    plain = Path(d.root) / f"{d.suite}_t{tasks}_n{d.episodes_per_task}_px{d.image_size}"
+    if not below:
+        return plain
+    bounded = plain.with_name(plain.name + f"_below{below}")
+    if not bounded.exists() and _tried_only_below(plain, below):
+        return plain  # written before the bound existed, from init states below it anyway (tried in order from 0)
+    return bounded
+
+
+def _tried_only_below(root: Path, below: int) -> bool:
+    marker = root / "meta" / "demos_summary.json"
+    if not marker.is_file():
+        return False
+    tasks = json.loads(marker.read_text()).get("tasks", {})
+    return bool(tasks) and all(int(t.get("attempts", below + 1)) <= below for t in tasks.values())
 
 
 def demo_init_states_below(cfg: ExperimentConfig) -> int | None:
@@ -154,7 +167,7 @@ def check_eval_tasks_in_dataset(cfg: ExperimentConfig, source: str) -> None:
     if missing:
         raise ConfigError(
             f"finetune would evaluate {cfg.demos.suite} task(s) {sorted(missing)} ({list(missing.values())[:2]}), "
-            f"but the dataset {source} holds none of those instructions (its {len(held)} task(s), e.g. "
+            f"but the dataset {source} lacks their instructions (its {len(held)} task(s), e.g. "
             f"{sorted(held)[:3]}): name its tasks with demos.suite=... demos.tasks=[...], or eval.enabled=false "
             f"and evaluate with make eval")
 

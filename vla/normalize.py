@@ -42,6 +42,7 @@ def compute_stats(values: np.ndarray, name: str) -> dict[str, np.ndarray]:
 class KeySpec:
     mode: str
     skip_dims: tuple[int, ...] = ()
+    narrow_min_max: bool = True  # q01_q99: a dimension with q01 == q99 is bounded by min/max instead
 
 
 class Normalizer:
@@ -71,7 +72,7 @@ class Normalizer:
             # a dimension holding one value in 98%+ of frames has q01 == q99: its rare other values (a gripper
             # opening, an occasional rotation) would all clip to +-1 and come back as that value +- 1e-6, lost;
             # such a dimension is bounded by its min and max instead (a constant one still maps to 0)
-            narrow = (st["q99"] - st["q01"]) < 2 * _EPS
+            narrow = ((st["q99"] - st["q01"]) < 2 * _EPS) & spec.narrow_min_max
             low, high = np.where(narrow, st["min"], st["q01"]), np.where(narrow, st["max"], st["q99"])
             offset = (high + low) / 2
             scale = np.maximum((high - low) / 2, _EPS)

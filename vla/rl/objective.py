@@ -130,7 +130,7 @@ def update(policy, batch: DecisionBatch | None, optimizer: torch.optim.Optimizer
     # the learner's own score of the batch at the update's start: the ratio's denominator (rl.rescore) or only
     # the trust region's origin; under rl.fsdp every rank runs as many scoring passes as the others
     start = None
-    if rescore or (stale and cfg.target_kl is not None):
+    if train_actor and (rescore or (stale and cfg.target_kl is not None)):  # the critic's warm-up takes no ratio
         start = _score(policy, batch, cfg.minibatch_size, sync if sharded else None, filler)
     proximal = start if rescore else None
     clip = clip_range(cfg)

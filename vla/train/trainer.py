@@ -257,6 +257,7 @@ def _check_same_statistics(checkpoint: Path, stats: dict[str, dict[str, np.ndarr
     differ = sorted(f"{key}/{stat}" for key in set(saved) | set(stats)
                     for stat in set(saved.get(key, {})) | set(stats.get(key, {}))
                     if stat not in saved.get(key, {}) or stat not in stats.get(key, {})
+                    or np.shape(saved[key][stat]) != np.shape(stats[key][stat])
                     or not np.allclose(saved[key][stat], stats[key][stat], rtol=1e-5, atol=1e-6))
     if differ:
         raise ConfigError(f"cannot resume from {checkpoint}: the dataset's normalization statistics differ from the "
@@ -271,7 +272,12 @@ def _restore(directory: Path, policy, optimizer, scheduler, sampler, aug_gen) ->
     if missing or unexpected:
         raise RuntimeError(f"cannot resume from {directory}: weights do not match the model ({missing[:3]}, {unexpected[:3]})")
     tensors, state = load_training_state(directory)
-    optimizer_from_tensors(optimizer, tensors, state["optimizer"])
+    try:
+        optimizer_from_tensors(optimizer, tensors, state["optimizer"])
+    except ValueError as err:  # torch: "loaded state dict contains a parameter group that doesn't match the size"
+        raise ConfigError(f"cannot resume from {directory}: its optimizer trained another set of weights than this "
+                          f"policy trains ({err}); backbone.freeze_vision froze the projector and LM head too before "
+                          "they were kept training. output_dir= a new directory, or train.resume=false") from err
     scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
     sampler.load_state_dict(state["sampler"])
     torch.set_rng_state(tensors["rng/torch"])
