@@ -51,6 +51,9 @@ class FrankaRobot:
         self.fault: str | None = None
 
     def connect(self) -> None:
+        if self._gripper is not None:  # connected before: one gripper connection at a time
+            self._gripper.stop()
+            self._gripper = None
         franky = self._franky = _import_franky()
         self._robot = franky.Robot(self.ip)
         self._robot.recover_from_errors()
@@ -73,10 +76,13 @@ class FrankaRobot:
             ee_rotvec=libero_rotvec(np.asarray(pose.quaternion, dtype=float)),  # franky: x, y, z, w
             gripper_width=self._gripper.latest(),
             timestamp=time.monotonic())
-        gripper_error = self._gripper.error()
+        self._check_gripper()
+        return RobotObservation(state)
+
+    def _check_gripper(self) -> None:
+        gripper_error = self._gripper.error() if self._gripper is not None else None
         if gripper_error is not None and self.fault is None:
             self.fault = f"gripper: {gripper_error}"
-        return RobotObservation(state)
 
     def send(self, command: Command) -> Command:
         if command.hold or self.fault is not None:
@@ -113,6 +119,7 @@ class FrankaRobot:
         except franky.ControlException as err:  # an error the previous motion stored: a fault all the same
             robot.recover_from_errors()
             self.fault = self.fault or f"{type(err).__name__}: {err}"
+        self._check_gripper()  # also while holding between episodes
 
     def new_episode(self, episode: int) -> None:
         self.hold()  # the operator resets the scene; the arm is not moved home unattended

@@ -10,17 +10,23 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import queue
+import signal
 import time
 
 _STOP = "stop"
 
 
 def _gripper_main(ip: str, speed: float, force: float, open_width: float, width, commands, errors) -> None:
+    # Ctrl-C and systemd's stop reach the whole process group: the daemon stops this process itself, after
+    # holding the arm and saving the episode (a gripper dead first would read as a fault)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = mp.parent_process()
     try:
         import franky
 
         gripper = franky.Gripper(ip)
-        while True:
+        while parent is None or parent.is_alive():  # a daemon killed hard (SIGKILL, a crash) leaves no orphan
             try:
                 command = commands.get_nowait()
             except queue.Empty:
@@ -39,6 +45,7 @@ def _gripper_main(ip: str, speed: float, force: float, open_width: float, width,
 class GripperProcess:
     def __init__(self, ip: str, speed: float, force: float, open_width: float, first_timeout_s: float = 10.0):
         ctx = mp.get_context("spawn")  # a fresh interpreter: no threads or CUDA state inherited from the daemon
+        self._last_error: str | None = None
         self._width = ctx.Value("d", math.nan, lock=False)
         self._commands, self._errors = ctx.Queue(), ctx.Queue()
         self._process = ctx.Process(target=_gripper_main, name="franka-gripper", daemon=True,
@@ -61,13 +68,14 @@ class GripperProcess:
 
     def error(self) -> str | None:
         """Why the gripper process stopped, once it has (None while it runs)."""
-        try:
-            self._last_error = self._errors.get_nowait()
-        except queue.Empty:
-            pass
-        if getattr(self, "_last_error", None) is None and not self._process.is_alive():
-            self._last_error = f"the gripper process exited (code {self._process.exitcode})"
-        return getattr(self, "_last_error", None)
+        if self._last_error is None:
+            alive = self._process.is_alive()
+            try:  # a process that died has flushed its message (if any) before exiting
+                self._last_error = self._errors.get_nowait() if alive else self._errors.get(timeout=0.2)
+            except queue.Empty:
+                if not alive:
+                    self._last_error = f"the gripper process exited (code {self._process.exitcode})"
+        return self._last_error
 
     def stop(self) -> None:
         if self._process.is_alive():

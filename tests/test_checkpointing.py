@@ -71,7 +71,11 @@ def test_a_residual_over_a_frozen_base_has_nothing_to_checkpoint():
     """Its base and backbone are frozen and their features detached: the update runs no backward through the
     decoder (and reads the prefix's KV cache for its pooled features, which checkpointing would disable)."""
     policy = _policy({"type": "residual"})
+    on = merge(policy.cfg, {"backbone": {"gradient_checkpointing": True}})
+    enable_gradient_checkpointing(policy, on)  # trained from scratch, base and backbone with it: checkpointed
+    assert checkpointed_layers(policy)
+    policy = _policy({"type": "residual"})
     policy.freeze_base()
-    enable_gradient_checkpointing(policy, merge(policy.cfg, {"backbone": {"gradient_checkpointing": True}}))
+    enable_gradient_checkpointing(policy, on)
     assert not checkpointed_layers(policy)
     update(policy, _batch(policy), make_optimizer(policy, policy.cfg.rl), policy.cfg.rl, torch.Generator().manual_seed(0))

@@ -424,6 +424,12 @@ def test_the_franka_gripper_runs_in_a_process_of_its_own(tmp_path, monkeypatch):
     gripper = GripperProcess("172.16.0.2", 0.05, 20.0, 0.07)
     try:
         assert gripper.latest() == 0.08 and gripper.error() is None
+        import os
+        import signal
+
+        os.kill(gripper._process.pid, signal.SIGINT)  # Ctrl-C reaches the process group: the daemon stops it itself
+        time.sleep(0.3)
+        assert gripper.error() is None
         gripper.command(close=True)
         assert becomes(0.0) == 0.0
         gripper.command(close=False)
@@ -433,6 +439,35 @@ def test_the_franka_gripper_runs_in_a_process_of_its_own(tmp_path, monkeypatch):
     assert gripper.error() is not None  # stopped: no longer a live gripper
     with pytest.raises(ConnectionError, match="no gripper at broken"):
         GripperProcess("broken", 0.05, 20.0, 0.07)
+
+
+def test_the_gripper_process_ends_with_a_daemon_killed_hard(tmp_path):
+    """SIGKILL or a crash runs no cleanup: the child must not live on holding the gripper connection."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "franky.py").write_text(FAKE_FRANKY)
+    script = ("import time; from real_robot.franka_gripper import GripperProcess; "
+              "g = GripperProcess('172.16.0.2', 0.05, 20.0, 0.07); print(g._process.pid, flush=True); time.sleep(60)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)  # still there?
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as stat:  # a zombie waiting for init to reap it counts as gone
+            if stat.read().split()[2] == "Z":
+                break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        raise AssertionError("the gripper process outlived its daemon")
 
 
 def test_frames_are_centre_cropped_to_squares():

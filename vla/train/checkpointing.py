@@ -14,8 +14,8 @@ from vla.config import ConfigError, ExperimentConfig
 
 
 def enable_gradient_checkpointing(policy, cfg: ExperimentConfig) -> None:
-    if not cfg.backbone.gradient_checkpointing or cfg.head.type == "residual":
-        return  # a residual trains over a frozen base whose backbone features it detaches: no backward to checkpoint
+    if not cfg.backbone.gradient_checkpointing or getattr(policy.head, "base_frozen", False):
+        return  # a residual over a frozen base detaches the backbone's features: no backward to checkpoint
     if cfg.head.type in ("flow", "diffusion"):
         raise ConfigError(f"backbone.gradient_checkpointing disables the KV cache the {cfg.head.type} head's expert "
                           "reads; turn one of them off")
